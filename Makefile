@@ -1,0 +1,44 @@
+# Build, boot artifacts, tests and benchmarks.
+CARGO  ?= cargo
+TARGET := x86_64-unknown-linux-gnu
+BUILD  := build
+# The tether is PID 1 in the guest: a static binary, small profile.
+TETHER_RUSTFLAGS := -C target-feature=+crt-static
+
+.PHONY: all deps tether iso appliance run test lint bench clean
+
+all: iso appliance
+
+deps:
+	@bash .ci/deps
+
+tether:
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="$(TETHER_RUSTFLAGS)" \
+	  $(CARGO) build -p tether --profile guest --target $(TARGET)
+	@mkdir -p $(BUILD)
+	@cp target/$(TARGET)/guest/tether $(BUILD)/tether
+	@echo "tether: $$(stat -c %s $(BUILD)/tether) bytes, $$(file -b $(BUILD)/tether | cut -d, -f1-5)"
+
+iso: tether
+	$(CARGO) run -q -p bootstrap-iso -- --out $(BUILD) --tether $(BUILD)/tether
+
+appliance:
+	$(CARGO) build -p appliance
+
+# The main job: boot a container VM that prints from busybox.
+run: deps iso appliance
+	target/debug/appliance run busybox -- echo hello from a container VM
+
+test: deps iso
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: deps iso
+	$(CARGO) run --release -p tests --bin bench
+
+clean:
+	rm -rf $(BUILD)
+	$(CARGO) clean

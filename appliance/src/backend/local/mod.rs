@@ -1,0 +1,12 @@
+//! The local execution environment: one QEMU microVM per container on this
+//! Linux host.
+
+pub mod accel;
+pub mod artifacts;
+pub mod qemu;
+pub mod tsc;
+pub mod vm;
+
+pub use accel::{Accel, AccelChoice};
+pub use artifacts::BootArtifacts;
+pub use vm::{BootMode, Launched, VmError, VmOptions};

@@ -1,0 +1,247 @@
+//! Starting one container VM on the local host and connecting to its tether.
+//!
+//! Owns assembling the `ContainerSpec` (with a fresh host key and the
+//! appliance's client key), the VM's working directory (spec, sockets,
+//! console log, copy-on-write root disk) and the QEMU configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use prost::Message;
+use proto::v1::{ChannelSpec, ContainerSpec, Keys, RootFs, SessionSpec, channel_spec::Kind};
+use russh::keys::{PrivateKey, PublicKey};
+
+use super::accel::Accel;
+use super::artifacts::BootArtifacts;
+use super::qemu::{Boot, Disk, Machine, QemuError, Vm, VmConfig};
+use crate::keys::{self, KeyError};
+use crate::storage::disk::{self, DiskError};
+use crate::tether::{Client, ClientError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("Container {0}: writing {1}")]
+    Write(String, PathBuf, #[source] std::io::Error),
+    #[error("Container {0}: keys")]
+    Keys(String, #[source] KeyError),
+    #[error("Container {0}: root disk")]
+    Disk(String, #[source] DiskError),
+    #[error("Container {0}")]
+    Qemu(String, #[source] QemuError),
+    #[error("Container {id}: tether did not answer within {timeout:?}; console says:\n{console}")]
+    BootTimeout {
+        id: String,
+        timeout: Duration,
+        console: String,
+    },
+    #[error("Container {id}: connecting to the tether; console says:\n{console}")]
+    Connect {
+        id: String,
+        console: String,
+        #[source]
+        source: Box<ClientError>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootMode {
+    /// microvm, direct kernel boot of vmlinuz + initrd.img.
+    Direct,
+    /// q35 booting bootstrap.iso as a CD-ROM, as a vSphere VM does.
+    Cdrom,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub id: String,
+    pub hostname: String,
+    pub artifacts: BootArtifacts,
+    pub boot: BootMode,
+    /// Read-only base image of the root filesystem (raw ext4).
+    pub rootfs_base: PathBuf,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub primary: SessionSpec,
+    pub linger_seconds: u32,
+    /// Directory for this VM's files; must exist. Keep it short: it holds
+    /// unix sockets (108-byte path limit).
+    pub workdir: PathBuf,
+    pub qemu: PathBuf,
+}
+
+impl VmOptions {
+    pub fn new(
+        id: &str,
+        artifacts: BootArtifacts,
+        rootfs_base: PathBuf,
+        workdir: PathBuf,
+        primary: SessionSpec,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            hostname: id.chars().take(12).collect(),
+            artifacts,
+            boot: BootMode::Direct,
+            rootfs_base,
+            accel: Accel::Tcg,
+            memory_mib: 256,
+            cpus: 1,
+            primary,
+            linger_seconds: 0,
+            workdir,
+            qemu: "qemu-system-x86_64".into(),
+        }
+    }
+}
+
+/// Kernel command line for direct boot of a microVM.
+pub fn cmdline(accel: Accel) -> String {
+    let mut c = format!("console=ttyS0 panic=-1 quiet {}", proto::SPEC_CMDLINE);
+    if let Some(khz) = super::tsc::guest_tsc_khz(accel) {
+        c.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    c
+}
+
+/// A launched VM whose tether has not been connected to yet.
+pub struct Launched {
+    pub id: String,
+    pub vm: Vm,
+    pub spec: ContainerSpec,
+    pub host_key: PublicKey,
+}
+
+/// Writes the spec and disk, and starts QEMU. `client_key` is the one key
+/// the tether will let in.
+pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmError> {
+    let id = opts.id.clone();
+    let host_key = keys::generate().map_err(|e| VmError::Keys(id.clone(), e))?;
+    let spec = ContainerSpec {
+        id: id.clone(),
+        hostname: opts.hostname.clone(),
+        rootfs: Some(RootFs {
+            source: "serial:rootfs".into(),
+            fstype: "ext4".into(),
+            read_only: false,
+        }),
+        primary: Some(opts.primary.clone()),
+        keys: Some(Keys {
+            host_key: keys::private_openssh(&host_key).map_err(|e| VmError::Keys(id.clone(), e))?,
+            authorized_key: keys::public_openssh(client_key)
+                .map_err(|e| VmError::Keys(id.clone(), e))?,
+        }),
+        linger_seconds: opts.linger_seconds,
+        channel: Some(ChannelSpec {
+            kind: Kind::VirtioSerial as i32,
+            address: proto::DEFAULT_PORT_NAME.into(),
+        }),
+        ..Default::default()
+    };
+    let w = &opts.workdir;
+    let spec_file = w.join("spec.pb");
+    write_private(&spec_file, &spec.encode_to_vec())
+        .map_err(|e| VmError::Write(id.clone(), spec_file.clone(), e))?;
+    let root = w.join("root.qcow2");
+    disk::overlay(&opts.rootfs_base, &root).map_err(|e| VmError::Disk(id.clone(), e))?;
+    let (machine, boot) = match opts.boot {
+        BootMode::Direct => (
+            Machine::Microvm,
+            Boot::Direct {
+                kernel: opts.artifacts.kernel.clone(),
+                initrd: opts.artifacts.initrd.clone(),
+                cmdline: cmdline(opts.accel),
+            },
+        ),
+        BootMode::Cdrom => (
+            Machine::Q35,
+            Boot::Cdrom {
+                iso: opts.artifacts.iso.clone(),
+            },
+        ),
+    };
+    let config = VmConfig {
+        name: id.clone(),
+        qemu: opts.qemu.clone(),
+        machine,
+        accel: opts.accel,
+        memory_mib: opts.memory_mib,
+        cpus: opts.cpus,
+        boot,
+        spec_file,
+        channel_socket: w.join("tether.sock"),
+        console_log: w.join("console.log"),
+        disks: vec![Disk {
+            path: root,
+            serial: "rootfs".into(),
+            format: "qcow2".into(),
+            read_only: false,
+        }],
+        qmp_socket: Some(w.join("qmp.sock")),
+    };
+    let vm = Vm::spawn(config).map_err(|e| VmError::Qemu(id.clone(), e))?;
+    Ok(Launched {
+        id,
+        vm,
+        spec,
+        host_key: host_key.public_key().clone(),
+    })
+}
+
+/// The spec holds the tether's private host key: only the owner may read it.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+impl Launched {
+    /// Connects to the tether, waiting up to `timeout` for the VM to boot.
+    pub async fn connect(
+        &mut self,
+        key: &PrivateKey,
+        timeout: Duration,
+    ) -> Result<Client, VmError> {
+        let id = self.id.clone();
+        let attempt = async {
+            let stream = self
+                .vm
+                .connect_channel(timeout)
+                .await
+                .map_err(|e| VmError::Qemu(id.clone(), e))?;
+            Client::connect(stream, key, &self.host_key)
+                .await
+                .map_err(|source| VmError::Connect {
+                    id: id.clone(),
+                    console: String::new(),
+                    source: Box::new(source),
+                })
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(VmError::Connect { id, source, .. })) => Err(VmError::Connect {
+                id,
+                console: tail(&self.vm.console(), 30),
+                source,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(VmError::BootTimeout {
+                id,
+                timeout,
+                console: tail(&self.vm.console(), 30),
+            }),
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

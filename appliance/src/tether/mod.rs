@@ -1,0 +1,267 @@
+//! The host side of the tether protocol: an SSH client to one container VM's
+//! tether, with the RPC channel and attach streams.
+//!
+//! Owns connecting and authenticating (the tether's host key is pinned from
+//! the spec the appliance generated; no other server is accepted), request
+//! multiplexing on the RPC channel, and attach streams. Must not know how
+//! the byte stream to the VM is made (QEMU socket, vsock, serial): callers
+//! hand in any `AsyncRead + AsyncWrite`.
+
+mod attach;
+mod rpc;
+
+pub use attach::{Attach, AttachEvent, Output};
+pub use rpc::Rpc;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1::{
+    AckRequest, CloseStdinRequest, ExecRequest, Ping, ResizeRequest, SessionSpec, SessionStatus,
+    SignalRequest, StatusReply, StatusRequest, StopRequest, VersionReply, VersionRequest,
+    WaitRequest, WindowSize, request::Body as Req, response::Body as Resp,
+};
+use russh::client::{self, Handle};
+use russh::keys::PublicKeyOrCertificate;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("SSH")]
+    Ssh(#[from] russh::Error),
+    #[error("The tether refused the client key")]
+    Refused,
+    #[error("The tether presented a host key other than the one in its spec")]
+    HostKeyMismatch,
+    #[error("The tether refused the {0} channel")]
+    ChannelRefused(&'static str),
+    #[error("RPC channel closed")]
+    Closed,
+    #[error("RPC framing")]
+    Frame(#[from] proto::framing::FrameError),
+    #[error("Tether error on {element:?}: {message}")]
+    Remote {
+        code: i32,
+        message: String,
+        element: String,
+    },
+    #[error("Unexpected reply to {0}")]
+    Unexpected(&'static str),
+}
+
+struct Verifier {
+    host_key: PublicKey,
+    mismatch: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let ok = matches!(key, PublicKeyOrCertificate::PublicKey { key, .. } if key.key_data() == self.host_key.key_data());
+        if !ok {
+            self.mismatch
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(ok)
+    }
+}
+
+/// A connection to one tether.
+pub struct Client {
+    handle: Handle<Verifier>,
+    rpc: Rpc,
+}
+
+impl Client {
+    /// Runs the SSH handshake over `stream`, authenticates with `key` and
+    /// opens the RPC channel.
+    pub async fn connect<S>(
+        stream: S,
+        key: &PrivateKey,
+        host_key: &PublicKey,
+    ) -> Result<Self, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = client::Config {
+            inactivity_timeout: None,
+            window_size: 8 << 20,
+            maximum_packet_size: 32768,
+            channel_buffer_size: 256,
+            ..Default::default()
+        };
+        let mismatch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let verifier = Verifier {
+            host_key: host_key.clone(),
+            mismatch: mismatch.clone(),
+        };
+        let mut handle = match client::connect_stream(Arc::new(config), stream, verifier).await {
+            Ok(h) => h,
+            Err(_) if mismatch.load(std::sync::atomic::Ordering::SeqCst) => {
+                return Err(ClientError::HostKeyMismatch);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let auth = handle
+            .authenticate_publickey(
+                "tether",
+                PrivateKeyWithHashAlg::new(Arc::new(key.clone()), None),
+            )
+            .await?;
+        if !auth.success() {
+            return Err(ClientError::Refused);
+        }
+        let channel = handle.channel_open_session().await?;
+        channel
+            .request_subsystem(true, proto::RPC_SUBSYSTEM)
+            .await?;
+        let rpc = Rpc::start(channel).await?;
+        Ok(Self { handle, rpc })
+    }
+
+    pub fn rpc(&self) -> &Rpc {
+        &self.rpc
+    }
+
+    pub async fn ping(&self, payload: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        match self.rpc.call(Req::Ping(Ping { payload })).await? {
+            Resp::Pong(p) => Ok(p.payload),
+            _ => Err(ClientError::Unexpected("ping")),
+        }
+    }
+
+    pub async fn version(&self) -> Result<VersionReply, ClientError> {
+        match self.rpc.call(Req::Version(VersionRequest {})).await? {
+            Resp::Version(v) => Ok(v),
+            _ => Err(ClientError::Unexpected("version")),
+        }
+    }
+
+    /// Starts a further process in the running container.
+    pub async fn exec(&self, session: SessionSpec) -> Result<SessionStatus, ClientError> {
+        session_reply(
+            self.rpc
+                .call(Req::Exec(ExecRequest {
+                    session: Some(session),
+                }))
+                .await?,
+            "exec",
+        )
+    }
+
+    pub async fn signal(&self, session: &str, signal: i32) -> Result<(), ClientError> {
+        self.rpc
+            .call(Req::Signal(SignalRequest {
+                session: session.into(),
+                signal,
+            }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn resize(&self, session: &str, rows: u32, cols: u32) -> Result<(), ClientError> {
+        self.rpc
+            .call(Req::Resize(ResizeRequest {
+                session: session.into(),
+                window: Some(WindowSize { rows, cols }),
+            }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn close_stdin(&self, session: &str) -> Result<(), ClientError> {
+        self.rpc
+            .call(Req::CloseStdin(CloseStdinRequest {
+                session: session.into(),
+            }))
+            .await
+            .map(drop)
+    }
+
+    /// Waits for the session to exit and its output to close.
+    pub async fn wait(&self, session: &str) -> Result<SessionStatus, ClientError> {
+        session_reply(
+            self.rpc
+                .call(Req::Wait(WaitRequest {
+                    session: session.into(),
+                }))
+                .await?,
+            "wait",
+        )
+    }
+
+    /// Stop signal, grace period, SIGKILL; zero values take the session's.
+    pub async fn stop(
+        &self,
+        session: &str,
+        signal: i32,
+        timeout: Duration,
+    ) -> Result<SessionStatus, ClientError> {
+        session_reply(
+            self.rpc
+                .call(Req::Stop(StopRequest {
+                    session: session.into(),
+                    signal,
+                    timeout_seconds: timeout.as_secs() as u32,
+                }))
+                .await?,
+            "stop",
+        )
+    }
+
+    /// Status of one session, or of all when `session` is empty.
+    pub async fn status(&self, session: &str) -> Result<StatusReply, ClientError> {
+        match self
+            .rpc
+            .call(Req::Status(StatusRequest {
+                session: session.into(),
+            }))
+            .await?
+        {
+            Resp::Status(s) => Ok(s),
+            _ => Err(ClientError::Unexpected("status")),
+        }
+    }
+
+    pub async fn ack(&self, session: &str, stdout: u64, stderr: u64) -> Result<(), ClientError> {
+        Self::ack_via(&self.rpc, session, stdout, stderr).await
+    }
+
+    async fn ack_via(
+        rpc: &Rpc,
+        session: &str,
+        stdout: u64,
+        stderr: u64,
+    ) -> Result<(), ClientError> {
+        rpc.call(Req::Ack(AckRequest {
+            session: session.into(),
+            stdout_offset: stdout,
+            stderr_offset: stderr,
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Attaches to a session's streams from the given offsets. With
+    /// `stdin`, data written to the attach goes to the process.
+    pub async fn attach(
+        &self,
+        session: &str,
+        from: (u64, u64),
+        stdin: bool,
+    ) -> Result<Attach, ClientError> {
+        Attach::open(&self.handle, self.rpc.clone(), session, from, stdin).await
+    }
+}
+
+fn session_reply(r: Resp, what: &'static str) -> Result<SessionStatus, ClientError> {
+    match r {
+        Resp::Session(s) => Ok(s),
+        _ => Err(ClientError::Unexpected(what)),
+    }
+}

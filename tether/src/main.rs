@@ -1,0 +1,143 @@
+//! tether: PID 1 of a container VM.
+//!
+//! Boots the container (mounts, modules, spec, root filesystem, identity,
+//! network, volumes), serves the host over SSH on the transport, runs the
+//! primary session and powers the VM off when it is done. This file owns the
+//! order of those steps and nothing else.
+
+mod boot;
+mod console;
+mod fdio;
+mod power;
+mod server;
+mod session;
+mod sys;
+mod transport;
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use proto::v1::ContainerSpec;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const DEFAULT_LINGER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error("Boot failed")]
+    Boot(#[from] boot::BootError),
+    #[error("Cannot serve the host")]
+    Transport(#[from] transport::TransportError),
+    #[error("Cannot serve the host")]
+    Server(#[from] server::ServerError),
+    #[error("Cannot start the primary session")]
+    Primary(#[from] session::SessionError),
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("tether {VERSION} ({})", proto::PROTOCOL);
+        return;
+    }
+    console::line(format_args!("tether {VERSION} starting"));
+    if std::process::id() != 1 {
+        error!("tether must run as PID 1 of a container VM (it is the VM's init)");
+        std::process::exit(1);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            // Without a runtime, power off directly.
+            let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+            return;
+        }
+    };
+    rt.block_on(async {
+        if let Err(e) = run().await {
+            let mut msg = e.to_string();
+            let mut src = e.source();
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            error!("{msg}");
+        }
+        power::off().await
+    })
+}
+
+async fn run() -> Result<(), Fatal> {
+    let booted_at = now_nanos();
+    boot::early_mounts()?;
+    boot::load_modules()?;
+    if boot::probe_requested() {
+        console::line(format_args!("tether probe ok"));
+        return Ok(());
+    }
+    let spec = boot::read_spec()?;
+    boot::enter_rootfs(&spec)?;
+    boot::write_identity(&spec)?;
+    boot::configure_network(&spec).await?;
+    boot::mount_volumes(&spec)?;
+
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let sessions = session::Sessions::new(hostname.clone());
+    tokio::spawn(sessions.clone().reap_forever());
+
+    let keys = spec.keys.clone().unwrap_or_default();
+    let server = server::Server::new(&keys, sessions.clone(), hostname, booted_at)?;
+    let port = transport::find_port(&port_name(&spec), Duration::from_secs(10))?;
+    tokio::spawn(server.serve_forever(port));
+    console::line(format_args!("tether ready"));
+
+    let mut primary = spec.primary.clone().unwrap_or_default();
+    if primary.id.is_empty() {
+        primary.id.clone_from(&spec.id);
+    }
+    let primary = sessions.start(primary)?;
+    let status = primary.wait().await;
+    info!("primary session exited with code {}", status.exit_code);
+
+    // The container is done: end the other sessions, then give the host the
+    // linger time to take the remaining output.
+    for s in sessions.list() {
+        s.kill_group();
+    }
+    let linger = match spec.linger_seconds {
+        0 => DEFAULT_LINGER,
+        n => Duration::from_secs(u64::from(n)),
+    };
+    let drained = tokio::time::timeout(linger, async {
+        while !sessions.list().iter().all(|s| s.drained()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        info!("host did not take all output within {linger:?}");
+    }
+    Ok(())
+}
+
+fn port_name(spec: &ContainerSpec) -> String {
+    spec.channel
+        .as_ref()
+        .map(|c| c.address.clone())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| proto::DEFAULT_PORT_NAME.to_string())
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

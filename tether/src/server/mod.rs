@@ -1,0 +1,223 @@
+//! The SSH server the host talks to, over the transport.
+//!
+//! Owns authentication (only the one authorized client key from the spec
+//! gets in), channel set-up, and dispatch of channels to the RPC service
+//! (`rpc`) or to attach streams (`attach`). Must not start processes itself:
+//! that is `session`'s job.
+
+mod attach;
+mod rpc;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use proto::v1::AttachRequest;
+use russh::keys::{PrivateKey, PublicKey};
+use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+
+use crate::session::Sessions;
+use crate::transport::Port;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("spec.keys.host_key is not a valid OpenSSH private key")]
+    HostKey(#[source] russh::keys::ssh_key::Error),
+    #[error("spec.keys.authorized_key is not a valid OpenSSH public key")]
+    AuthorizedKey(#[source] russh::keys::ssh_key::Error),
+}
+
+/// What every connection shares.
+pub struct Shared {
+    pub sessions: Arc<Sessions>,
+    pub authorized: PublicKey,
+    pub hostname: String,
+    pub booted_at: i64,
+}
+
+pub struct Server {
+    config: Arc<russh::server::Config>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    pub fn new(
+        keys: &proto::v1::Keys,
+        sessions: Arc<Sessions>,
+        hostname: String,
+        booted_at: i64,
+    ) -> Result<Self, ServerError> {
+        let host_key =
+            PrivateKey::from_openssh(keys.host_key.as_bytes()).map_err(ServerError::HostKey)?;
+        let authorized = PublicKey::from_openssh(keys.authorized_key.trim())
+            .map_err(ServerError::AuthorizedKey)?;
+        let config = russh::server::Config {
+            server_id: russh::SshId::Standard(
+                format!("SSH-2.0-tether_{}", env!("CARGO_PKG_VERSION")).into(),
+            ),
+            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+            auth_rejection_time: Duration::from_millis(50),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![host_key],
+            inactivity_timeout: None,
+            window_size: 8 << 20,
+            maximum_packet_size: 32768,
+            channel_buffer_size: 256,
+            ..Default::default()
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            shared: Arc::new(Shared {
+                sessions,
+                authorized,
+                hostname,
+                booted_at,
+            }),
+        })
+    }
+
+    /// Serves one host connection after another on the port at `path`.
+    pub async fn serve_forever(self, path: PathBuf) {
+        loop {
+            let port = match Port::open(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    crate::error!("{e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            port.wait_for_host().await;
+            let conn = Conn {
+                shared: self.shared.clone(),
+                channels: HashMap::new(),
+            };
+            match russh::server::run_stream(self.config.clone(), port, conn).await {
+                Ok(running) => {
+                    if let Err(e) = running.await {
+                        crate::info!("host connection ended: {e}");
+                    }
+                }
+                Err(e) => crate::info!("host connection failed: {e}"),
+            }
+        }
+    }
+}
+
+/// One host connection.
+struct Conn {
+    shared: Arc<Shared>,
+    /// Channels opened but not yet given a purpose (RPC or attach).
+    channels: HashMap<ChannelId, Channel<Msg>>,
+}
+
+impl Conn {
+    fn authorized(&self, key: &PublicKey) -> Auth {
+        if key.key_data() == self.shared.authorized.key_data() {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        }
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.authorized(offer.public_key))
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let auth = self.authorized(key.public_key);
+        if !matches!(auth, Auth::Accept) {
+            crate::info!("refused a client key that is not the authorized one");
+        }
+        Ok(auth)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match (name == proto::RPC_SUBSYSTEM, self.channels.remove(&id)) {
+            (true, Some(channel)) => {
+                session.channel_success(id)?;
+                tokio::spawn(rpc::serve(channel, self.shared.clone()));
+            }
+            _ => session.channel_failure(id)?,
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        id: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let target = AttachRequest::decode(data).ok().and_then(|req| {
+            attach::check(&self.shared.sessions, &req)
+                .ok()
+                .map(|s| (req, s))
+        });
+        match (target, self.channels.remove(&id)) {
+            (Some((req, s)), Some(channel)) => {
+                session.channel_success(id)?;
+                tokio::spawn(attach::serve(channel, req, s));
+            }
+            _ => session.channel_failure(id)?,
+        }
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        id: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The terminal belongs to the session spec; accept so that standard
+        // clients proceed.
+        session.channel_success(id)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,182 @@
+//! The byte stream to the host: a virtio-serial port (QEMU: a unix socket
+//! chardev on the host side).
+//!
+//! Owns finding the port by name, waiting for the host to connect, and
+//! adapting the character device to tokio's `AsyncRead`/`AsyncWrite`. Must
+//! not know what runs over it (SSH).
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(
+        "No virtio-serial port named {0:?} appeared in /sys/class/virtio-ports; start QEMU with -device virtserialport,name={0}"
+    )]
+    NoPort(String),
+    #[error("Opening {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Finds `/dev/vportNpM` whose sysfs name is `name`, waiting up to `wait`.
+pub fn find_port(name: &str, wait: Duration) -> Result<PathBuf, TransportError> {
+    find_port_in(
+        Path::new("/sys/class/virtio-ports"),
+        Path::new("/dev"),
+        name,
+        wait,
+    )
+}
+
+fn find_port_in(
+    sys: &Path,
+    dev: &Path,
+    name: &str,
+    wait: Duration,
+) -> Result<PathBuf, TransportError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Ok(entries) = std::fs::read_dir(sys) {
+            for e in entries.flatten() {
+                let n = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+                if n.trim() == name {
+                    let path = dev.join(e.file_name());
+                    if path.exists() {
+                        return Ok(path);
+                    }
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(TransportError::NoPort(name.to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One open virtio-serial port.
+pub struct Port {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Port {
+    pub fn open(path: &Path) -> Result<Self, TransportError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|source| TransportError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let fd =
+            crate::fdio::register(OwnedFd::from(file)).map_err(|source| TransportError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self { fd })
+    }
+
+    /// Whether a host is connected: the port reports POLLHUP while not.
+    pub fn host_connected(&self) -> bool {
+        let mut fds = [PollFd::new(self.fd.get_ref().as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => !fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until a host is connected.
+    pub async fn wait_for_host(&self) {
+        while !self.host_connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl AsyncRead for Port {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|inner| {
+                nix::unistd::read(inner.get_ref(), unfilled).map_err(io::Error::from)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Port {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard
+                .try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(io::Error::from))
+            {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_port_by_sysfs_name() {
+        let t = tempfile::tempdir().unwrap();
+        let (sys, dev) = (t.path().join("sys"), t.path().join("dev"));
+        for (port, name) in [("vport0p1", "other"), ("vport0p2", "org.tether.0")] {
+            std::fs::create_dir_all(sys.join(port)).unwrap();
+            std::fs::write(sys.join(port).join("name"), format!("{name}\n")).unwrap();
+        }
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("vport0p2"), b"").unwrap();
+        let p = find_port_in(&sys, &dev, "org.tether.0", Duration::ZERO).unwrap();
+        assert_eq!(p, dev.join("vport0p2"));
+        let e = find_port_in(&sys, &dev, "absent", Duration::ZERO).unwrap_err();
+        assert!(e.to_string().contains("name=absent"));
+    }
+}
