@@ -27,3 +27,4 @@ pub const READY_LINE: &str = "tether ready";
 pub const MAX_FRAME: usize = 16 << 20;
 
 pub mod framing;
+pub mod handshake;

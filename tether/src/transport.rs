@@ -11,7 +11,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -70,7 +72,81 @@ fn find_port_in(
 
 /// One open virtio-serial port.
 pub struct Port {
-    fd: AsyncFd<OwnedFd>,
+    fd: Arc<AsyncFd<OwnedFd>>,
+    /// Set when this connection is abandoned: reads and writes then fail at
+    /// once, so that an SSH session still holding the port ends.
+    cut: Arc<Cut>,
+    /// Bytes read ahead during the handshake, returned before the port's.
+    pending: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Cut {
+    done: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Cut {
+    fn check(&self, cx: &Context<'_>) -> io::Result<()> {
+        if self.done.load(Ordering::SeqCst) {
+            return Err(io::ErrorKind::ConnectionAborted.into());
+        }
+        let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        Ok(())
+    }
+}
+
+/// Ends the connection of the `Port` it came from.
+#[derive(Clone)]
+pub struct Cutter(Arc<Cut>);
+
+impl Cutter {
+    pub fn cut(&self) {
+        self.0.done.store(true, Ordering::SeqCst);
+        for w in self
+            .0
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            w.wake();
+        }
+    }
+}
+
+/// Watches whether a host is connected to a port.
+#[derive(Clone)]
+pub struct HostWatch(Arc<AsyncFd<OwnedFd>>);
+
+impl HostWatch {
+    /// Whether a host is connected: the port reports POLLHUP while not.
+    pub fn connected(&self) -> bool {
+        let mut fds = [PollFd::new(self.0.get_ref().as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => !fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until a host is connected.
+    pub async fn until_connected(&self) {
+        while !self.connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the host goes away.
+    pub async fn until_gone(&self) {
+        while self.connected() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Port {
@@ -89,34 +165,57 @@ impl Port {
                 path: path.to_path_buf(),
                 source,
             })?;
-        Ok(Self { fd })
+        Ok(Self {
+            fd: Arc::new(fd),
+            cut: Arc::default(),
+            pending: Vec::new(),
+        })
     }
 
-    /// Whether a host is connected: the port reports POLLHUP while not.
-    pub fn host_connected(&self) -> bool {
-        let mut fds = [PollFd::new(self.fd.get_ref().as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(_) => !fds[0]
-                .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLHUP)),
-            Err(_) => false,
-        }
+    pub fn watch(&self) -> HostWatch {
+        HostWatch(self.fd.clone())
     }
 
-    /// Waits until a host is connected.
-    pub async fn wait_for_host(&self) {
-        while !self.host_connected() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    pub fn cutter(&self) -> Cutter {
+        Cutter(self.cut.clone())
+    }
+
+    /// The tether's half of the connection handshake (see
+    /// `proto::handshake`): waits for the host's hello, answers it, and
+    /// skips repeated hellos up to the host's SSH version line, which is
+    /// kept for the SSH server to read.
+    pub async fn handshake(&mut self) -> io::Result<String> {
+        use proto::handshake::{HELLO, ok_line, read_line, wait_for};
+        use tokio::io::AsyncWriteExt;
+        let nonce = wait_for(self, HELLO)
+            .await?
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        self.write_all(ok_line(&nonce).as_bytes()).await?;
+        loop {
+            let line = read_line(self).await?.ok_or(io::ErrorKind::UnexpectedEof)?;
+            if line.starts_with(b"SSH-") {
+                let mut keep = line;
+                keep.extend_from_slice(b"\r\n");
+                self.pending = keep;
+                return Ok(nonce);
+            }
         }
     }
 }
 
 impl AsyncRead for Port {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.cut.check(cx)?;
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(buf.remaining());
+            buf.put_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
@@ -140,6 +239,7 @@ impl AsyncWrite for Port {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.cut.check(cx)?;
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
             match guard

@@ -48,6 +48,46 @@ pub enum ClientError {
     },
     #[error("Unexpected reply to {0}")]
     Unexpected(&'static str),
+    #[error("Channel handshake")]
+    Handshake(#[source] std::io::Error),
+}
+
+/// The host's half of the connection handshake (see `proto::handshake`):
+/// sends a hello with a fresh nonce, every second until the tether answers
+/// it, and discards whatever came before the answer.
+pub async fn handshake<S>(stream: S) -> Result<S, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use proto::handshake::{OK, hello_line, wait_for};
+    use tokio::io::AsyncWriteExt;
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| ClientError::Handshake(e.into()))?;
+    let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let answered = async {
+        loop {
+            match wait_for(&mut rd, OK).await? {
+                Some(n) if n == nonce => return Ok(()),
+                Some(_) => continue,
+                None => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            }
+        }
+    };
+    let hello = async {
+        loop {
+            wr.write_all(hello_line(&nonce).as_bytes()).await?;
+            wr.flush().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    };
+    tokio::select! {
+        r = answered => r.map_err(ClientError::Handshake)?,
+        r = hello => r.map_err(ClientError::Handshake)?,
+    }
+    Ok(rd.unsplit(wr))
 }
 
 struct Verifier {
@@ -72,9 +112,27 @@ impl client::Handler for Verifier {
 }
 
 /// A connection to one tether.
+///
+/// Dropping it (or `close`) disconnects, even while attach streams or RPC
+/// calls are outstanding; those then fail.
 pub struct Client {
-    handle: Handle<Verifier>,
+    /// Always `Some` until dropped or closed.
+    handle: Option<Handle<Verifier>>,
     rpc: Rpc,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let (Some(h), Ok(rt)) = (self.handle.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move { disconnect(&h).await });
+        }
+    }
+}
+
+async fn disconnect(h: &Handle<Verifier>) {
+    let _ = h
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
 }
 
 impl Client {
@@ -95,6 +153,7 @@ impl Client {
             channel_buffer_size: 256,
             ..Default::default()
         };
+        let stream = handshake(stream).await?;
         let mismatch = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let verifier = Verifier {
             host_key: host_key.clone(),
@@ -121,7 +180,17 @@ impl Client {
             .request_subsystem(true, proto::RPC_SUBSYSTEM)
             .await?;
         let rpc = Rpc::start(channel).await?;
-        Ok(Self { handle, rpc })
+        Ok(Self {
+            handle: Some(handle),
+            rpc,
+        })
+    }
+
+    /// Disconnects from the tether.
+    pub async fn close(mut self) {
+        if let Some(h) = self.handle.take() {
+            disconnect(&h).await;
+        }
     }
 
     pub fn rpc(&self) -> &Rpc {
@@ -255,7 +324,8 @@ impl Client {
         from: (u64, u64),
         stdin: bool,
     ) -> Result<Attach, ClientError> {
-        Attach::open(&self.handle, self.rpc.clone(), session, from, stdin).await
+        let handle = self.handle.as_ref().ok_or(ClientError::Closed)?;
+        Attach::open(handle, self.rpc.clone(), session, from, stdin).await
     }
 }
 

@@ -80,9 +80,11 @@ impl Server {
     }
 
     /// Serves one host connection after another on the port at `path`.
+    /// A connection ends when the host goes away; the next one starts with
+    /// a fresh handshake, whatever bytes the old one left in flight.
     pub async fn serve_forever(self, path: PathBuf) {
         loop {
-            let port = match Port::open(&path) {
+            let mut port = match Port::open(&path) {
                 Ok(p) => p,
                 Err(e) => {
                     crate::error!("{e}");
@@ -90,19 +92,34 @@ impl Server {
                     continue;
                 }
             };
-            port.wait_for_host().await;
+            let (watch, cutter) = (port.watch(), port.cutter());
+            watch.until_connected().await;
+            let handshake = tokio::select! {
+                r = port.handshake() => r,
+                _ = watch.until_gone() => continue,
+            };
+            if let Err(e) = handshake {
+                crate::info!("host handshake failed: {e}");
+                continue;
+            }
             let conn = Conn {
                 shared: self.shared.clone(),
                 channels: HashMap::new(),
             };
-            match russh::server::run_stream(self.config.clone(), port, conn).await {
-                Ok(running) => {
-                    if let Err(e) = running.await {
-                        crate::info!("host connection ended: {e}");
-                    }
+            let session = async {
+                match russh::server::run_stream(self.config.clone(), port, conn).await {
+                    Ok(running) => running.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
                 }
-                Err(e) => crate::info!("host connection failed: {e}"),
+            };
+            tokio::select! {
+                r = session => if let Err(e) = r {
+                    crate::info!("host connection ended: {e}");
+                },
+                _ = watch.until_gone() => crate::info!("host disconnected"),
             }
+            // Whatever still holds the port must let go of it.
+            cutter.cut();
         }
     }
 }

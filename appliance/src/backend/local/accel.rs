@@ -134,12 +134,36 @@ pub async fn probe_kvm(qemu: &Path, kernel: &Path, initrd: &Path, timeout: Durat
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    if !kvm_usable {
-        return false;
+    kvm_usable && probe(qemu, Accel::Kvm, kernel, initrd, timeout).await
+}
+
+/// Boots the bootstrap kernel and initramfs with `tether.probe` under
+/// `accel`; true once the tether prints its probe line within `timeout`.
+pub async fn probe(
+    qemu: &Path,
+    accel: Accel,
+    kernel: &Path,
+    initrd: &Path,
+    timeout: Duration,
+) -> bool {
+    let mut cmdline = format!("console=ttyS0 panic=-1 quiet {}", proto::PROBE_CMDLINE);
+    if let Some(khz) = super::tsc::guest_tsc_khz(accel) {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
+    let cpu = match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => "max",
+    };
     let child = Command::new(qemu)
         .args([
-            "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128",
+            "-M",
+            "microvm",
+            "-accel",
+            accel.qemu_name(),
+            "-cpu",
+            cpu,
+            "-m",
+            "128",
         ])
         .args([
             "-nodefaults",
@@ -154,10 +178,7 @@ pub async fn probe_kvm(qemu: &Path, kernel: &Path, initrd: &Path, timeout: Durat
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 quiet {}",
-            proto::PROBE_CMDLINE
-        ))
+        .arg(cmdline)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
