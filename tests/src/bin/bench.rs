@@ -1,0 +1,124 @@
+//! `make bench`: boot-to-`tether ready` of a container VM against a bare
+//! boot of the same kernel whose `/init` is busybox echoing a line and
+//! powering off, both measured in this run, medians of several runs.
+//!
+//! Also reported: boot to the first answered RPC (SSH handshake included),
+//! which is what a client of the tether actually waits for.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use appliance::backend::local::qemu::{Boot, Machine, Vm, VmConfig};
+use appliance::backend::local::{AccelChoice, accel, vm};
+use bootstrap_iso::cpio::Archive;
+use tests::{BOOT_TIMEOUT, artifacts, launch, options, rootfs, session};
+
+const RUNS: usize = 5;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Waits until `path` contains `marker`, polling.
+async fn until_console(path: &Path, marker: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::fs::read(path).is_ok_and(|b| String::from_utf8_lossy(&b).contains(marker)) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{marker:?} did not appear in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// An initramfs whose /init is busybox: echo, then power off.
+fn bare_initrd(dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut a = Archive::new();
+    for d in ["/bin", "/dev", "/proc"] {
+        a.add_dir(d, 0o755)?;
+    }
+    a.add_char_device("/dev/console", 0o600, 5, 1)?;
+    a.add_file("/bin/busybox", 0o755, std::fs::read("/bin/busybox")?)?;
+    a.add_file(
+        "/init",
+        0o755,
+        b"#!/bin/busybox sh\n/bin/busybox echo bare ready\n/bin/busybox poweroff -f\n".to_vec(),
+    )?;
+    let path = dir.join("bare.img");
+    std::fs::write(&path, a.to_bytes()?)?;
+    Ok(path)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let art = artifacts();
+    let choice: AccelChoice = std::env::var("APPLIANCE_ACCEL")
+        .unwrap_or_else(|_| "tcg".into())
+        .parse()?;
+    let qemu = Path::new("qemu-system-x86_64");
+    let accel = accel::resolve(choice, qemu, &art.kernel, &art.initrd, None).await;
+    let scratch = tempfile::tempdir()?;
+    let bare = bare_initrd(scratch.path())?;
+    let _ = rootfs();
+
+    let (mut bare_t, mut ready_t, mut rpc_t) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        // Bare boot of the same kernel, same machine and command line.
+        let dir = tempfile::tempdir()?;
+        let config = VmConfig {
+            name: format!("bare{run}"),
+            qemu: qemu.into(),
+            machine: Machine::Microvm,
+            accel,
+            memory_mib: 256,
+            cpus: 1,
+            boot: Boot::Direct {
+                kernel: art.kernel.clone(),
+                initrd: bare.clone(),
+                cmdline: vm::cmdline(accel),
+            },
+            spec_file: dir.path().join("none"),
+            channel_socket: dir.path().join("s.sock"),
+            console_log: dir.path().join("console.log"),
+            disks: vec![],
+            qmp_socket: None,
+        };
+        std::fs::write(&config.spec_file, b"")?;
+        let t0 = Instant::now();
+        let mut bare_vm = Vm::spawn(config)?;
+        until_console(&dir.path().join("console.log"), "bare ready", BOOT_TIMEOUT).await?;
+        bare_t.push(t0.elapsed());
+        let _ = tokio::time::timeout(Duration::from_secs(10), bare_vm.wait()).await;
+
+        // The container VM: tether boots, mounts the root disk, serves.
+        let dir = tempfile::tempdir()?;
+        let mut opts = options(&dir, session("main", &["sleep", "1000"]));
+        opts.accel = accel;
+        let t0 = Instant::now();
+        let (mut launched, key) = launch(&opts);
+        until_console(&dir.path().join("console.log"), "tether ready", BOOT_TIMEOUT).await?;
+        ready_t.push(t0.elapsed());
+        let client = launched.connect(&key, BOOT_TIMEOUT).await?;
+        client.ping(vec![]).await?;
+        rpc_t.push(t0.elapsed());
+        drop(client);
+        launched.vm.kill().await?;
+    }
+    let (b, r, p) = (median(bare_t), median(ready_t), median(rpc_t));
+    let size = std::fs::metadata(Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/tether"))?.len();
+    println!("accelerator: {}, runs: {RUNS}, medians", accel.qemu_name());
+    println!("bare busybox boot to its echo:     {:>7.3} s (baseline)", b.as_secs_f64());
+    println!(
+        "container VM boot to tether ready: {:>7.3} s  ratio {:.2}x",
+        r.as_secs_f64(),
+        r.as_secs_f64() / b.as_secs_f64()
+    );
+    println!(
+        "container VM boot to first RPC:    {:>7.3} s  ratio {:.2}x",
+        p.as_secs_f64(),
+        p.as_secs_f64() / b.as_secs_f64()
+    );
+    println!("tether binary (static, stripped):  {size} bytes ({:.2} MB)", size as f64 / 1e6);
+    Ok(())
+}
