@@ -5,6 +5,10 @@
 //! `keys` (SSH keys for the channel).
 
 pub mod backend;
+pub mod handle;
+pub mod interaction;
 pub mod keys;
+pub mod portlayer;
 pub mod storage;
+pub mod store;
 pub mod tether;

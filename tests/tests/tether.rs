@@ -486,3 +486,101 @@ async fn a_new_host_connection_resumes_output_where_the_last_one_stopped() {
     assert_eq!(String::from_utf8_lossy(&got), want);
     assert_eq!(rest.exit_code, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_through_qmp() {
+    use appliance::backend::local::qmp::Qmp;
+    let vm = boot(session(
+        "main",
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.05; done",
+        ],
+    ))
+    .await;
+    let mut a = vm.client.attach("main", (0, 0), false).await.unwrap();
+    assert!(matches!(
+        a.next().await.unwrap(),
+        Some(AttachEvent::Stdout(_))
+    ));
+    let qmp_path = vm.launched.vm.config.qmp_socket.clone().unwrap();
+    let mut qmp = Qmp::connect(&qmp_path).await.unwrap();
+    qmp.pause().await.unwrap();
+    assert_eq!(qmp.status().await.unwrap().status, "paused");
+    // Drain what was in flight, then nothing more may come while paused.
+    while tokio::time::timeout(Duration::from_millis(500), a.next())
+        .await
+        .is_ok()
+    {}
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), a.next())
+            .await
+            .is_err(),
+        "output arrived from a paused VM"
+    );
+    qmp.resume().await.unwrap();
+    assert!(qmp.status().await.unwrap().running);
+    let ev = tokio::time::timeout(T, a.next())
+        .await
+        .expect("no output after resume")
+        .unwrap();
+    assert!(matches!(ev, Some(AttachEvent::Stdout(_))), "{ev:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_logs_hold_every_byte_once_across_a_host_crash() {
+    use appliance::interaction::logs::{self, LogWriter, Stream};
+    use appliance::interaction::persist;
+    let n = 600;
+    let counter = format!(
+        "i=0; while [ $i -lt {n} ]; do echo line$i; echo err$i >&2; i=$((i+1)); sleep 0.005; done"
+    );
+    let vm = boot(session("main", &["sh", "-c", &counter])).await;
+    let log_path = vm.dir.path().join("main.log");
+
+    // The host follows the session and is killed mid-stream: no final
+    // sync, no final acknowledgement.
+    let mut w = LogWriter::open(&log_path).unwrap();
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(1500),
+        persist::follow(&vm.client, "main", &mut w),
+    )
+    .await;
+    assert!(
+        crashed.is_err(),
+        "the session ended before the simulated crash"
+    );
+    drop(w);
+    let TestVm {
+        mut launched,
+        client,
+        key,
+        dir: _dir,
+    } = vm;
+    client.close().await;
+
+    // A new host process resumes from what its log holds.
+    let client = launched.connect(&key, BOOT_TIMEOUT).await.unwrap();
+    let mut w = LogWriter::open(&log_path).unwrap();
+    assert!(w.ends().stdout > 0, "nothing was stored before the crash");
+    let code = persist::follow(&client, "main", &mut w).await.unwrap();
+    assert_eq!(code, Some(0));
+
+    let records = logs::read(&log_path, &Default::default()).unwrap();
+    let text = |s: Stream| -> String {
+        records
+            .iter()
+            .filter(|r| r.stream == s)
+            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+            .collect()
+    };
+    let want = |p: &str| (0..n).map(|i| format!("{p}{i}\n")).collect::<String>();
+    assert_eq!(text(Stream::Stdout), want("line"));
+    assert_eq!(text(Stream::Stderr), want("err"));
+    // The tether was told everything is stored, so the VM powers off.
+    assert!(
+        tokio::time::timeout(T, launched.vm.wait()).await.is_ok(),
+        "VM did not power off after all output was acknowledged"
+    );
+}

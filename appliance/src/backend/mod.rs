@@ -1,6 +1,70 @@
 //! Execution environments: where container VMs actually run.
 //!
-//! `local` launches QEMU microVMs on this host. (vSphere comes later behind
-//! the same port-layer API.)
+//! The port layer drives them through [`Backend`]; `local` launches QEMU
+//! microVMs on this host, `fake` keeps everything in memory (for tests and
+//! benchmarks of the port layer itself). The trait knows nothing of QEMU.
 
+pub mod fake;
 pub mod local;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::portlayer::model::{Container, Task};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("Container {0} has no running VM")]
+    NotRunning(String),
+    #[error("Container {id}: {message}")]
+    Failed { id: String, message: String },
+}
+
+impl BackendError {
+    pub fn failed(id: &str, e: impl std::fmt::Display) -> Self {
+        BackendError::Failed {
+            id: id.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Things that happen to containers on their own, reported to the port
+/// layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendEvent {
+    /// A task's process exited.
+    TaskExited {
+        container: String,
+        task: String,
+        code: i32,
+    },
+    /// The container is done: its primary task exited and the VM is gone.
+    Exited { container: String, code: i32 },
+    /// The VM died without the tether reporting an exit.
+    Crashed { container: String, error: String },
+}
+
+pub type Events = mpsc::UnboundedSender<BackendEvent>;
+
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// Prepares what a new container needs (its disk).
+    async fn create(&self, c: &Container) -> Result<(), BackendError>;
+    /// Boots the container and starts its primary task.
+    async fn start(&self, c: &Container) -> Result<(), BackendError>;
+    /// Stop signal to the primary task, grace period, then kill.
+    async fn stop(&self, id: &str, signal: i32, timeout: Duration) -> Result<(), BackendError>;
+    async fn pause(&self, id: &str) -> Result<(), BackendError>;
+    async fn resume(&self, id: &str) -> Result<(), BackendError>;
+    /// Starts a further task in the running container.
+    async fn exec(&self, id: &str, task: &Task) -> Result<(), BackendError>;
+    /// Stops one task (stop signal, grace period, kill).
+    async fn stop_task(&self, id: &str, task: &str, timeout: Duration) -> Result<(), BackendError>;
+    async fn signal(&self, id: &str, task: &str, signal: i32) -> Result<(), BackendError>;
+    /// Frees everything the container holds; it must not be running.
+    async fn remove(&self, id: &str) -> Result<(), BackendError>;
+    /// Starts reporting events; called once by the port layer.
+    fn subscribe(&self, events: Events);
+}

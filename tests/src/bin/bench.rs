@@ -27,7 +27,11 @@ async fn until_console(path: &Path, marker: &str, timeout: Duration) -> anyhow::
         if std::fs::read(path).is_ok_and(|b| String::from_utf8_lossy(&b).contains(marker)) {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{marker:?} did not appear in {}", path.display());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{marker:?} did not appear in {}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -97,7 +101,12 @@ async fn main() -> anyhow::Result<()> {
         opts.accel = accel;
         let t0 = Instant::now();
         let (mut launched, key) = launch(&opts);
-        until_console(&dir.path().join("console.log"), "tether ready", BOOT_TIMEOUT).await?;
+        until_console(
+            &dir.path().join("console.log"),
+            "tether ready",
+            BOOT_TIMEOUT,
+        )
+        .await?;
         ready_t.push(t0.elapsed());
         let client = launched.connect(&key, BOOT_TIMEOUT).await?;
         client.ping(vec![]).await?;
@@ -106,9 +115,13 @@ async fn main() -> anyhow::Result<()> {
         launched.vm.kill().await?;
     }
     let (b, r, p) = (median(bare_t), median(ready_t), median(rpc_t));
-    let size = std::fs::metadata(Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/tether"))?.len();
+    let size =
+        std::fs::metadata(Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/tether"))?.len();
     println!("accelerator: {}, runs: {RUNS}, medians", accel.qemu_name());
-    println!("bare busybox boot to its echo:     {:>7.3} s (baseline)", b.as_secs_f64());
+    println!(
+        "bare busybox boot to its echo:     {:>7.3} s (baseline)",
+        b.as_secs_f64()
+    );
     println!(
         "container VM boot to tether ready: {:>7.3} s  ratio {:.2}x",
         r.as_secs_f64(),
@@ -119,6 +132,9 @@ async fn main() -> anyhow::Result<()> {
         p.as_secs_f64(),
         p.as_secs_f64() / b.as_secs_f64()
     );
-    println!("tether binary (static, stripped):  {size} bytes ({:.2} MB)", size as f64 / 1e6);
+    println!(
+        "tether binary (static, stripped):  {size} bytes ({:.2} MB)",
+        size as f64 / 1e6
+    );
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod accel;
 pub mod artifacts;
 pub mod qemu;
+pub mod qmp;
 pub mod tsc;
 pub mod vm;
 

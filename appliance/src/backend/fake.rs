@@ -1,0 +1,164 @@
+//! An in-memory execution environment: containers "run" instantly and
+//! tasks exit when told to. For testing and benchmarking the port layer
+//! without VMs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{Backend, BackendError, BackendEvent, Events};
+use crate::portlayer::model::{Container, Task};
+
+#[derive(Default)]
+pub struct FakeBackend {
+    running: Mutex<HashMap<String, HashSet<String>>>,
+    paused: Mutex<HashSet<String>>,
+    events: Mutex<Option<Events>>,
+    /// Every call, for assertions: "start c1", "exec c1 t1", ...
+    pub calls: Mutex<Vec<String>>,
+}
+
+impl FakeBackend {
+    fn record(&self, call: String) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(call);
+    }
+
+    fn emit(&self, ev: BackendEvent) {
+        if let Some(tx) = &*self.events.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(ev);
+        }
+    }
+
+    /// Makes a task exit with `code`, as if its process ended.
+    pub fn exit_task(&self, id: &str, task: &str, code: i32) {
+        let primary = id == task;
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tasks) = running.get_mut(id) {
+            tasks.remove(task);
+        }
+        if primary {
+            running.remove(id);
+        }
+        drop(running);
+        self.emit(BackendEvent::TaskExited {
+            container: id.into(),
+            task: task.into(),
+            code,
+        });
+        if primary {
+            self.emit(BackendEvent::Exited {
+                container: id.into(),
+                code,
+            });
+        }
+    }
+
+    pub fn is_running(&self, id: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+    }
+
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    fn require_running(&self, id: &str) -> Result<(), BackendError> {
+        if self.is_running(id) {
+            Ok(())
+        } else {
+            Err(BackendError::NotRunning(id.into()))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for FakeBackend {
+    async fn create(&self, c: &Container) -> Result<(), BackendError> {
+        self.record(format!("create {}", c.id));
+        Ok(())
+    }
+
+    async fn start(&self, c: &Container) -> Result<(), BackendError> {
+        self.record(format!("start {}", c.id));
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.insert(c.id.clone(), HashSet::from([c.id.clone()]));
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, signal: i32, _timeout: Duration) -> Result<(), BackendError> {
+        self.record(format!("stop {id}"));
+        self.require_running(id)?;
+        self.exit_task(id, id, 128 + signal);
+        Ok(())
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), BackendError> {
+        self.record(format!("pause {id}"));
+        self.require_running(id)?;
+        self.paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.into());
+        Ok(())
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), BackendError> {
+        self.record(format!("resume {id}"));
+        self.paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, task: &Task) -> Result<(), BackendError> {
+        self.record(format!("exec {id} {}", task.id));
+        self.require_running(id)?;
+        if let Some(t) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            t.insert(task.id.clone());
+        }
+        Ok(())
+    }
+
+    async fn stop_task(
+        &self,
+        id: &str,
+        task: &str,
+        _timeout: Duration,
+    ) -> Result<(), BackendError> {
+        self.record(format!("stop-task {id} {task}"));
+        self.require_running(id)?;
+        self.exit_task(id, task, 143);
+        Ok(())
+    }
+
+    async fn signal(&self, id: &str, task: &str, signal: i32) -> Result<(), BackendError> {
+        self.record(format!("signal {id} {task} {signal}"));
+        self.require_running(id)
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        self.record(format!("remove {id}"));
+        if self.is_running(id) {
+            return Err(BackendError::failed(id, "still running"));
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self, events: Events) {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events);
+    }
+}

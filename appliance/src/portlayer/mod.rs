@@ -1,0 +1,5 @@
+pub mod events;
+pub mod exec;
+pub mod filter;
+pub mod model;
+pub mod policy;

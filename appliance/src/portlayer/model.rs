@@ -1,0 +1,164 @@
+//! The port layer's data model: containers, their tasks, the changes a
+//! handle carries, and commit results. Serde types, shared by the engine,
+//! the store (as JSON) and the REST API (as its schemas).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::Policy;
+
+/// A process in a container: the primary process or an exec session.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Task {
+    /// Unique within the container; the primary task's id is the
+    /// container's id.
+    pub id: String,
+    /// argv; args[0] is looked up in PATH.
+    pub args: Vec<String>,
+    /// "KEY=VALUE" pairs.
+    pub env: Vec<String>,
+    pub working_dir: String,
+    /// "name", "uid", "name:group" or "uid:gid".
+    pub user: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+}
+
+/// Where a task stands.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct TaskState {
+    pub task: Task,
+    pub primary: bool,
+    /// Bound tasks run; unbound ones are defined but inactive.
+    pub bound: bool,
+    /// "created", "running", "exited".
+    pub state: String,
+    pub exit_code: Option<i32>,
+}
+
+/// The lifecycle states of a container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    #[default]
+    Created,
+    Running,
+    Paused,
+    /// The primary process ended (or the VM was stopped).
+    Exited,
+}
+
+impl PowerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerState::Created => "created",
+            PowerState::Running => "running",
+            PowerState::Paused => "paused",
+            PowerState::Exited => "exited",
+        }
+    }
+}
+
+/// Target states a caller can ask for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetState {
+    Running,
+    /// Stop signal, grace period, then kill.
+    Stopped,
+    /// Back to a fresh, never-started container.
+    Created,
+    Paused,
+}
+
+/// Everything the port layer keeps about one container (stored as JSON).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub hostname: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub stop_signal: i32,
+    pub stop_timeout_seconds: u32,
+    pub labels: BTreeMap<String, String>,
+    pub policies: Vec<Policy>,
+    pub tasks: BTreeMap<String, TaskState>,
+    pub state: PowerState,
+    pub exit_code: Option<i32>,
+    /// Why the container is in its state, when something went wrong.
+    pub error: String,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// Change version (for optimistic concurrency), from the store.
+    pub version: u64,
+}
+
+/// One pending change in a handle.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Change {
+    /// Create the container (only in a handle from `create`).
+    Create {
+        container: Box<Container>,
+    },
+    TaskJoin {
+        task: Task,
+    },
+    TaskBind {
+        task: String,
+    },
+    TaskUnbind {
+        task: String,
+    },
+    TaskLeave {
+        task: String,
+    },
+    State {
+        target: TargetState,
+    },
+    Rename {
+        name: String,
+    },
+    Labels {
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
+}
+
+/// Outcome of a commit for one element.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Success,
+    Error,
+    Noop,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ElementResult {
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CommitResult {
+    /// The container's version after the commit.
+    pub version: u64,
+    /// A fresh handle on the committed container.
+    pub handle: String,
+    /// Per element id (the container id, or `<container>/task/<task>`).
+    pub results: BTreeMap<String, ElementResult>,
+}
+
+impl CommitResult {
+    pub fn is_error(&self) -> bool {
+        self.results.values().any(|r| r.status == Status::Error)
+    }
+}

@@ -1,0 +1,169 @@
+//! The state database's schema and its forward-only migrations.
+//!
+//! Owns `MIGRATIONS` and the `schema_version` table (one row per applied
+//! migration). A migration, once released, is never edited: a change is a
+//! new entry appended at the end. Must not touch rows of the other tables
+//! except to reshape them inside a migration.
+
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use super::{StoreError, now_ms};
+
+/// Migration N (1-based) is `MIGRATIONS[N - 1]`.
+const MIGRATIONS: &[&str] = &[
+    // 1: containers, events, kv, errors, operations.
+    r#"
+    CREATE TABLE containers (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        version     INTEGER NOT NULL CHECK (version > 0),
+        state       TEXT NOT NULL,
+        labels      TEXT NOT NULL,      -- JSON object of strings
+        body        TEXT NOT NULL,      -- JSON: the port layer's typed config
+        created_at  INTEGER NOT NULL,   -- unix ms
+        updated_at  INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        time        INTEGER NOT NULL,
+        component   TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        element     TEXT NOT NULL,
+        labels      TEXT NOT NULL,
+        detail      TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX events_time ON events (time);
+
+    -- Global revision counters (e.g. 'kv'): never reused, even after deletes.
+    CREATE TABLE counters (
+        name        TEXT PRIMARY KEY,
+        value       INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO counters (name, value) VALUES ('kv', 0);
+
+    CREATE TABLE kv (
+        key         TEXT PRIMARY KEY,
+        value       TEXT NOT NULL,
+        version     INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE errors (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        time        INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        element     TEXT NOT NULL,
+        code        TEXT NOT NULL,
+        message     TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX errors_time ON errors (time);
+    CREATE INDEX errors_kind ON errors (kind, time);
+    CREATE INDEX errors_element ON errors (element, time);
+
+    CREATE TABLE operations (
+        id                TEXT PRIMARY KEY,
+        kind              TEXT NOT NULL,
+        element           TEXT NOT NULL,
+        started_at        INTEGER NOT NULL,
+        finished_at       INTEGER,
+        owner             TEXT NOT NULL,
+        state             TEXT NOT NULL
+                          CHECK (state IN ('running', 'done', 'failed', 'cancelled')),
+        detail            TEXT NOT NULL,
+        cancel_requested  INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX operations_state ON operations (state);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Applies the migrations the database has not seen yet, all in one
+/// `BEGIN IMMEDIATE` transaction: a second process migrating at the same
+/// time waits, then finds nothing left to do.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version     INTEGER PRIMARY KEY,
+            applied_at  INTEGER NOT NULL
+        ) STRICT;",
+    )?;
+    let current: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (version, sql) in (1..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+            params![version, now_ms()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DB_FILE, Store};
+    use super::*;
+
+    fn versions(path: &std::path::Path) -> Vec<i64> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT version FROM schema_version ORDER BY version")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let expected: Vec<i64> = (1..=SCHEMA_VERSION).collect();
+        {
+            let store = Store::open(&path).unwrap();
+            store.kv_put("survives", "yes", None).unwrap();
+        }
+        assert_eq!(versions(&path), expected);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(versions(&path), expected);
+        assert_eq!(store.kv_get("survives").unwrap().unwrap().0, "yes");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, 0)",
+            [SCHEMA_VERSION + 1],
+        )
+        .unwrap();
+        drop(conn);
+        match Store::open(&path) {
+            Err(StoreError::SchemaTooNew { found, supported }) => {
+                assert_eq!(found, SCHEMA_VERSION + 1);
+                assert_eq!(supported, SCHEMA_VERSION);
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+}
