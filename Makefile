@@ -25,11 +25,13 @@ iso: tether
 appliance:
 	$(CARGO) build -p appliance
 
-# The main job: boot a container VM that prints from busybox.
+# The main job: a busybox container VM, through `appliance serve` and the
+# CLI, prints a line.
 run: deps iso appliance
-	target/debug/appliance run busybox -- echo hello from a container VM
+	@bash scripts/demo
 
-test: deps iso
+# The end-to-end tests drive the appliance binary, so build it first.
+test: deps iso appliance
 	$(CARGO) test --workspace --no-fail-fast
 
 lint:

@@ -4,6 +4,7 @@
 //! (the host side of the guest protocol), `storage` (images and disks),
 //! `keys` (SSH keys for the channel).
 
+pub mod api;
 pub mod backend;
 pub mod handle;
 pub mod interaction;

@@ -128,3 +128,4 @@ impl TestVm {
         self.launched.vm.console()
     }
 }
+pub mod server;

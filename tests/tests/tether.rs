@@ -416,7 +416,8 @@ async fn unusable_config_prints_an_error_and_powers_off() {
     // guest reads it: QEMU reads the file at start, so restart it.
     launched.vm.kill().await.unwrap();
     std::fs::write(dir.path().join("spec.pb"), b"\xff\xff not a spec").unwrap();
-    let mut vm = appliance::backend::local::qemu::Vm::spawn(launched.vm.config.clone()).unwrap();
+    let mut vm =
+        appliance::backend::local::qemu::Vm::spawn(launched.vm.config.clone(), false).unwrap();
     let exited = tokio::time::timeout(T, vm.wait()).await;
     let console = vm.console();
     assert!(exited.is_ok(), "VM did not power off; console:\n{console}");

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Backend, BackendError, BackendEvent, Events};
+use super::{AttachInput, AttachOutput, AttachStream, Backend, BackendError, BackendEvent, Events};
 use crate::portlayer::model::{Container, Task};
 
 #[derive(Default)]
@@ -156,6 +156,36 @@ impl Backend for FakeBackend {
             return Err(BackendError::failed(id, "still running"));
         }
         Ok(())
+    }
+
+    async fn attach(
+        &self,
+        id: &str,
+        task: &str,
+        _stdin: bool,
+    ) -> Result<AttachStream, BackendError> {
+        self.record(format!("attach {id} {task}"));
+        self.require_running(id)?;
+        // Echoes stdin to stdout until stdin closes, then exits 0.
+        let (out_tx, output) = tokio::sync::mpsc::channel(16);
+        let (input, mut in_rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(i) = in_rx.recv().await {
+                match i {
+                    AttachInput::Stdin(b) => {
+                        let _ = out_tx.send(AttachOutput::Stdout(b)).await;
+                    }
+                    AttachInput::CloseStdin => break,
+                    _ => {}
+                }
+            }
+            let _ = out_tx.send(AttachOutput::Exit(0)).await;
+        });
+        Ok(AttachStream { output, input })
+    }
+
+    fn log_path(&self, _id: &str, _task: &str) -> Option<std::path::PathBuf> {
+        None
     }
 
     fn subscribe(&self, events: Events) {

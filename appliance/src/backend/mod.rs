@@ -7,6 +7,7 @@
 pub mod fake;
 pub mod local;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -48,6 +49,31 @@ pub enum BackendEvent {
 
 pub type Events = mpsc::UnboundedSender<BackendEvent>;
 
+/// Output of an attached task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachOutput {
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+    /// The task exited with this code; nothing follows.
+    Exit(i32),
+}
+
+/// Input to an attached task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachInput {
+    Stdin(bytes::Bytes),
+    CloseStdin,
+    Resize { rows: u32, cols: u32 },
+    Signal(i32),
+}
+
+/// A live attach, independent of how the backend reaches the guest.
+/// Dropping it detaches.
+pub struct AttachStream {
+    pub output: mpsc::Receiver<AttachOutput>,
+    pub input: mpsc::Sender<AttachInput>,
+}
+
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
     /// Prepares what a new container needs (its disk).
@@ -65,6 +91,12 @@ pub trait Backend: Send + Sync {
     async fn signal(&self, id: &str, task: &str, signal: i32) -> Result<(), BackendError>;
     /// Frees everything the container holds; it must not be running.
     async fn remove(&self, id: &str) -> Result<(), BackendError>;
+    /// Attaches to a task's live streams, from now on (earlier output is in
+    /// the task's log).
+    async fn attach(&self, id: &str, task: &str, stdin: bool)
+    -> Result<AttachStream, BackendError>;
+    /// Where the host keeps a task's log (see `interaction::logs`).
+    fn log_path(&self, id: &str, task: &str) -> Option<PathBuf>;
     /// Starts reporting events; called once by the port layer.
     fn subscribe(&self, events: Events);
 }

@@ -1,15 +1,40 @@
-//! Command-line front end. Each subcommand lives in its own file.
+//! Command-line front end: `appliance serve` runs the port layer's REST
+//! server; every other subcommand is a client of it over the unix socket
+//! `<state>/appliance.sock`. Each subcommand lives in the file of its job:
+//! `run` (run, create), `containers` (start, stop, kill, rm, ps, inspect,
+//! rename, wait), `attach` (attach, exec and the terminal streaming they
+//! share with run), `logs`, `events`, `serve`. Below them: `client` (the
+//! transport), `handles` (handle → change → commit), `follow` (reading a
+//! starting task's log), `signals` (signal names).
+//!
+//! Exit status, as docker's: a command's own failure is 125 (the runtime
+//! failed) or 1 (one of several targets failed, or a commit reported an
+//! ERROR element); `run`, `start -a`, `attach` and `exec` otherwise exit
+//! with the task's code.
 
+#[cfg(test)]
+mod against_fake;
+mod attach;
+mod client;
+mod containers;
+mod events;
+mod follow;
+mod handles;
+mod logs;
 mod run;
+mod serve;
+mod signals;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use client::Client;
+
 #[derive(Parser)]
 #[command(name = "appliance", version, about = "Containers as lightweight VMs")]
 struct Cli {
-    /// State directory (images, keys, container files).
+    /// State directory (images, keys, container files, the server's socket).
     #[arg(long, global = true, env = "APPLIANCE_STATE")]
     state: Option<PathBuf>,
     #[command(subcommand)]
@@ -18,9 +43,76 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the port layer's REST server on this host.
+    Serve(serve::ServeArgs),
     /// Run a command in a new container VM, streaming its output; exits
     /// with the command's exit code.
     Run(run::RunArgs),
+    /// Create a container (not started); prints its id.
+    Create(run::CreateArgs),
+    /// Start containers.
+    Start(containers::StartArgs),
+    /// Stop containers: stop signal, grace period, kill.
+    Stop(containers::StopArgs),
+    /// Send a signal to containers' primary processes.
+    Kill(containers::KillArgs),
+    /// Remove containers.
+    Rm(containers::RmArgs),
+    /// List containers.
+    Ps(containers::PsArgs),
+    /// Show containers as JSON.
+    Inspect(containers::InspectArgs),
+    /// Rename a container.
+    Rename(containers::RenameArgs),
+    /// Wait for containers to exit; prints their exit codes.
+    Wait(containers::WaitArgs),
+    /// Attach to a running container's live output (and stdin).
+    Attach(attach::AttachArgs),
+    /// Run a command in a running container.
+    Exec(attach::ExecArgs),
+    /// Print a container's output.
+    Logs(logs::LogsArgs),
+    /// Stream the port layer's events.
+    Events(events::EventsArgs),
+}
+
+/// Ends the program with this exit status; what needed saying has been
+/// printed already.
+#[derive(Debug, thiserror::Error)]
+#[error("Exit status {0}")]
+pub struct Exit(pub u8);
+
+/// For commands whose exit status is a task's (`run`, `exec`): any failure
+/// of the appliance itself is 125, as with docker, never a code the task
+/// could have returned.
+pub fn runtime_failure(e: anyhow::Error) -> anyhow::Error {
+    if e.downcast_ref::<Exit>().is_some() {
+        Exit(125).into()
+    } else {
+        e
+    }
+}
+
+async fn dispatch(state: PathBuf, command: Command) -> anyhow::Result<u8> {
+    let client = Client::for_state(&state);
+    let c = &client;
+    match command {
+        Command::Serve(args) => serve::serve(&state, args).await,
+        Command::Run(args) => run::run(c, args).await,
+        Command::Create(args) => run::create(c, args).await,
+        Command::Start(args) => containers::start(c, args).await,
+        Command::Stop(args) => containers::stop(c, args).await,
+        Command::Kill(args) => containers::kill(c, args).await,
+        Command::Rm(args) => containers::rm(c, args).await,
+        Command::Ps(args) => containers::ps(c, args).await,
+        Command::Inspect(args) => containers::inspect_cmd(c, args).await,
+        Command::Rename(args) => containers::rename(c, args).await,
+        Command::Wait(args) => containers::wait(c, args).await,
+        Command::Attach(args) => attach::attach(c, args).await,
+        Command::Exec(args) => attach::exec(c, args).await,
+        Command::Logs(args) => logs::logs(c, args).await,
+        Command::Events(args) => events::events(c, args).await,
+    }
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -43,18 +135,17 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(125);
         }
     };
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Run(args) => run::run(&state, args).await,
-        }
-    });
+    let result = rt.block_on(dispatch(state, cli.command));
     match result {
         Ok(code) => std::process::ExitCode::from(code),
-        Err(e) => {
-            eprintln!("appliance: {e:#}");
-            // As docker does: 125 means the runtime itself failed.
-            std::process::ExitCode::from(125)
-        }
+        Err(e) => match e.downcast_ref::<Exit>() {
+            Some(Exit(code)) => std::process::ExitCode::from(*code),
+            None => {
+                eprintln!("appliance: {e:#}");
+                // As docker does: 125 means the runtime itself failed.
+                std::process::ExitCode::from(125)
+            }
+        },
     }
 }
 
@@ -66,4 +157,77 @@ fn default_state() -> PathBuf {
     std::env::var_os("HOME")
         .map(|h| PathBuf::from(h).join(".local/share/appliance"))
         .unwrap_or_else(|| PathBuf::from(".appliance"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_parses() {
+        for args in [
+            &["appliance", "run", "--rm", "-it", "busybox", "--", "sh"][..],
+            &["appliance", "create", "--name", "x", "busybox", "true"],
+            &["appliance", "start", "-a", "x"],
+            &["appliance", "stop", "-t", "3", "x", "y"],
+            &["appliance", "kill", "-s", "USR1", "x"],
+            &["appliance", "rm", "-f", "x"],
+            &["appliance", "ps", "-a", "--filter", "label.app=web", "-q"],
+            &["appliance", "inspect", "x", "y"],
+            &["appliance", "rename", "x", "y"],
+            &["appliance", "wait", "x"],
+            &["appliance", "attach", "x"],
+            &[
+                "appliance",
+                "exec",
+                "-it",
+                "-u",
+                "0",
+                "-w",
+                "/",
+                "-e",
+                "A=1",
+                "x",
+                "--",
+                "sh",
+            ],
+            &[
+                "appliance",
+                "logs",
+                "-f",
+                "--tail",
+                "10",
+                "--since",
+                "5m",
+                "-t",
+                "x",
+            ],
+            &[
+                "appliance",
+                "events",
+                "--filter",
+                "kind=create",
+                "--since",
+                "0",
+            ],
+            &["appliance", "--state", "/tmp/s", "serve"],
+        ] {
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn exec_needs_a_command() {
+        assert!(Cli::try_parse_from(["appliance", "exec", "x"]).is_err());
+    }
+
+    #[test]
+    fn runtime_failures_are_125() {
+        let e = runtime_failure(Exit(1).into());
+        assert_eq!(e.downcast_ref::<Exit>().map(|e| e.0), Some(125));
+        let e = runtime_failure(anyhow::anyhow!("boom"));
+        assert!(e.downcast_ref::<Exit>().is_none());
+    }
 }

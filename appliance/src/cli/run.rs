@@ -1,240 +1,354 @@
-//! `appliance run`: create a container VM, attach to it, exit with its code.
+//! `appliance run` and `appliance create`: the container flags, their
+//! mapping to a `CreateSpec`, and the create → commit → start sequence
+//! through the REST server (`appliance serve`).
+//!
+//! Owns the flags shared by `run` and `create`. Streaming a foreground
+//! task is `attach::run_task`; the handle calls are `handles`.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::str::FromStr;
 
 use anyhow::{Context, bail};
-use appliance::backend::local::{AccelChoice, BootArtifacts, BootMode, VmOptions, accel, vm};
-use appliance::keys;
-use appliance::storage::busybox;
-use appliance::tether::AttachEvent;
+use appliance::portlayer::exec::CreateSpec;
+use appliance::portlayer::model::{TargetState, Task};
+use appliance::portlayer::policy::Policy;
 use clap::Args;
-use proto::v1::{SessionSpec, WindowSize};
-use russh::keys::PrivateKey;
-use tokio::io::AsyncReadExt;
+use serde::Deserialize;
+
+use super::attach::{self, Io};
+use super::client::{Client, encode};
+use super::handles::Handle;
+use super::signals;
+
+/// How long `--rm` waits for the container to be seen as exited before
+/// removing it regardless.
+const RM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a container is made of: the flags `create` and `run` share.
+#[derive(Args, Debug, Default)]
+pub struct CreateFlags {
+    /// Name of the container (default: the first 12 digits of its id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Keep stdin open and forward it to the container.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal for the container's process.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Environment variables: KEY=VALUE, or KEY to pass this one's value.
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// User to run as: name, uid, name:group or uid:gid.
+    #[arg(short, long, default_value = "")]
+    pub user: String,
+    /// Working directory inside the container.
+    #[arg(short, long, default_value = "")]
+    pub workdir: String,
+    /// Container hostname (default: the first 12 digits of its id).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Memory of the container VM in MiB (default 256).
+    #[arg(short, long)]
+    pub memory: Option<u32>,
+    /// Virtual CPUs of the container VM (default 1).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Labels: key=value, or key for an empty value.
+    #[arg(short, long)]
+    pub label: Vec<String>,
+    /// Signal that stops the container: a name (TERM) or number.
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Seconds between the stop signal and the kill (default 10).
+    #[arg(long)]
+    pub stop_timeout: Option<u32>,
+    /// Policies, CONSTRAINT:FILTER (e.g. anti-affinity:label.tier=db).
+    #[arg(long)]
+    pub policy: Vec<String>,
+    /// The image: `busybox` (built in).
+    pub image: String,
+    /// The command and its arguments (after `--`, or after the image).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+impl CreateFlags {
+    /// The spec the server creates the container from. `-e KEY` takes
+    /// KEY's value from `lookup` (this process's environment).
+    pub fn to_spec(&self, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<CreateSpec> {
+        if self.command.is_empty() {
+            bail!(
+                "No command given: appliance run {} -- CMD [ARGS...]",
+                self.image
+            );
+        }
+        let policies = self
+            .policy
+            .iter()
+            .map(|p| Policy::from_str(p).with_context(|| format!("Invalid policy {p:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(CreateSpec {
+            name: self.name.clone().unwrap_or_default(),
+            image: self.image.clone(),
+            hostname: self.hostname.clone().unwrap_or_default(),
+            memory_mib: self.memory.unwrap_or(0),
+            cpus: self.cpus.unwrap_or(0),
+            stop_signal: match &self.stop_signal {
+                Some(s) => signals::parse(s)?,
+                None => 0,
+            },
+            stop_timeout_seconds: self.stop_timeout.unwrap_or(0),
+            labels: labels(&self.label),
+            policies,
+            task: Task {
+                id: String::new(),
+                args: self.command.clone(),
+                env: env_vars(&self.env, lookup),
+                working_dir: self.workdir.clone(),
+                user: self.user.clone(),
+                tty: self.tty,
+                open_stdin: self.interactive,
+            },
+        })
+    }
+}
+
+/// `KEY=VALUE` as given; a bare `KEY` takes its value from `lookup`, and
+/// is left out if it has none (as docker does).
+pub fn env_vars(given: &[String], lookup: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    given
+        .iter()
+        .filter_map(|e| {
+            if e.contains('=') {
+                Some(e.clone())
+            } else {
+                lookup(e).map(|v| format!("{e}={v}"))
+            }
+        })
+        .collect()
+}
+
+/// `key=value` or `key` (empty value).
+fn labels(given: &[String]) -> BTreeMap<String, String> {
+    given
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (l.clone(), String::new()),
+        })
+        .collect()
+}
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Keep stdin open and forward it to the container.
-    #[arg(short, long)]
-    interactive: bool,
-    /// Allocate a terminal for the container's process.
-    #[arg(short, long)]
-    tty: bool,
-    /// User to run as: name, uid, name:group or uid:gid.
-    #[arg(short, long, default_value = "")]
-    user: String,
-    /// Working directory inside the container.
-    #[arg(short, long, default_value = "")]
-    workdir: String,
-    /// Environment variables, KEY=VALUE.
-    #[arg(short, long)]
-    env: Vec<String>,
-    /// Container hostname.
+    /// Remove the container once it has exited.
     #[arg(long)]
-    hostname: Option<String>,
-    /// Memory of the container VM in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory: u32,
-    /// Accelerator: auto (probe KVM, else TCG), kvm or tcg.
-    #[arg(long, env = "APPLIANCE_ACCEL", default_value = "auto")]
-    accel: AccelChoice,
-    /// Directory with vmlinuz, initrd.img and bootstrap.iso.
-    #[arg(long, env = "APPLIANCE_BOOT_DIR")]
-    boot_dir: Option<PathBuf>,
-    /// Boot bootstrap.iso as a CD-ROM (q35) instead of direct kernel boot.
-    #[arg(long)]
-    iso: bool,
-    /// The image: `busybox` (built in).
-    image: String,
-    /// The command and its arguments.
-    #[arg(last = true)]
-    command: Vec<String>,
+    rm: bool,
+    /// Start the container and return, printing its id.
+    #[arg(short, long)]
+    detach: bool,
+    #[command(flatten)]
+    flags: CreateFlags,
 }
 
-pub async fn run(state: &Path, args: RunArgs) -> anyhow::Result<u8> {
-    if args.image != busybox::IMAGE_NAME {
-        bail!(
-            "Image {:?} is not available: the only image is the built-in {:?}",
-            args.image,
-            busybox::IMAGE_NAME
-        );
-    }
-    if args.command.is_empty() {
-        bail!(
-            "No command given: appliance run {} -- CMD [ARGS...]",
-            args.image
-        );
-    }
-    let artifacts = BootArtifacts::find(args.boot_dir.as_deref())?;
-    std::fs::create_dir_all(state)
-        .with_context(|| format!("Creating state directory {}", state.display()))?;
-    let image = ensure_busybox(state)?;
-    let key = client_key(state)?;
-    let accel = accel::resolve(
-        args.accel,
-        Path::new("qemu-system-x86_64"),
-        &artifacts.kernel,
-        &artifacts.initrd,
-        Some(state),
-    )
-    .await;
-
-    let id = new_id()?;
-    let workdir = state.join("containers").join(&id[..12]);
-    std::fs::create_dir_all(&workdir).with_context(|| format!("Creating {}", workdir.display()))?;
-    let window = if args.tty { terminal_size() } else { None };
-    let primary = SessionSpec {
-        id: id.clone(),
-        args: args.command.clone(),
-        env: args.env.clone(),
-        working_dir: args.workdir.clone(),
-        user: args.user.clone(),
-        tty: args.tty,
-        open_stdin: args.interactive,
-        window,
-        ..Default::default()
-    };
-    let mut opts = VmOptions::new(&id, artifacts, image, workdir.clone(), primary);
-    opts.accel = accel;
-    opts.memory_mib = args.memory;
-    if let Some(h) = &args.hostname {
-        opts.hostname.clone_from(h);
-    }
-    if args.iso {
-        opts.boot = BootMode::Cdrom;
-    }
-    let result = run_vm(&opts, &key, &args).await;
-    let _ = std::fs::remove_dir_all(&workdir);
-    result
+#[derive(Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    flags: CreateFlags,
 }
 
-async fn run_vm(opts: &VmOptions, key: &PrivateKey, args: &RunArgs) -> anyhow::Result<u8> {
-    let mut launched = vm::launch(opts, key.public_key())?;
-    let client = launched.connect(key, Duration::from_secs(120)).await?;
-    let mut attach = client.attach(&opts.id, (0, 0), args.interactive).await?;
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+    handle: String,
+}
 
-    let _raw = if args.tty { RawTerminal::enter() } else { None };
-    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(16);
-    if args.interactive {
-        tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        let _ = stdin_tx.send(None).await;
-                        break;
-                    }
-                    Ok(n) => {
-                        if stdin_tx.send(Some(buf[..n].to_vec())).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+/// Creates the container (create, commit); its id.
+async fn create_container(client: &Client, spec: &CreateSpec) -> anyhow::Result<String> {
+    let created: Created = client.post("/exec/containers", spec).await?;
+    Handle::from_token(client, created.handle).commit().await?;
+    Ok(created.id)
+}
+
+/// Starts a container (handle, state running, commit).
+pub async fn start_container(client: &Client, id: &str) -> anyhow::Result<()> {
+    let mut h = Handle::of(client, id).await?;
+    h.state(TargetState::Running).await?;
+    h.commit().await.map(drop)
+}
+
+/// `appliance create`: prints the new container's id.
+pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<u8> {
+    let spec = args.flags.to_spec(|k| std::env::var(k).ok())?;
+    let id = create_container(client, &spec).await?;
+    println!("{id}");
+    Ok(0)
+}
+
+/// `appliance run`: create, start, stream the output to the terminal and
+/// exit with the container's exit code.
+pub async fn run(client: &Client, args: RunArgs) -> anyhow::Result<u8> {
+    if args.rm && args.detach {
+        bail!("--rm with --detach is not supported: the removal is done by this client");
     }
-    let mut code = None;
-    let mut stdin_open = args.interactive;
-    loop {
-        tokio::select! {
-            ev = attach.next() => match ev? {
-                Some(AttachEvent::Stdout(b)) => { let mut o = std::io::stdout().lock(); o.write_all(&b)?; o.flush()?; }
-                Some(AttachEvent::Stderr(b)) => { let mut e = std::io::stderr().lock(); e.write_all(&b)?; e.flush()?; }
-                Some(AttachEvent::Exit(c)) => code = Some(c),
-                None => break,
-            },
-            data = stdin_rx.recv(), if stdin_open => match data.flatten() {
-                Some(d) => attach.write_stdin(&d).await?,
-                None => { stdin_open = false; attach.close_stdin().await?; }
-            },
-        }
-    }
-    drop(_raw);
-    let code = match code {
-        Some(c) => c,
-        None => client.wait(&opts.id).await?.exit_code,
-    };
-    // The tether powers the VM off once its output is acknowledged.
-    if tokio::time::timeout(Duration::from_secs(30), launched.vm.wait())
+    let spec = args.flags.to_spec(|k| std::env::var(k).ok())?;
+    let id = create_container(client, &spec)
         .await
-        .is_err()
-    {
-        launched.vm.kill().await?;
-    }
-    Ok(u8::try_from(code).unwrap_or(255))
-}
-
-/// The built-in busybox image, built on first use.
-fn ensure_busybox(state: &Path) -> anyhow::Result<PathBuf> {
-    let dir = state.join("images");
-    let path = dir.join("busybox.ext4");
-    if !path.exists() {
-        std::fs::create_dir_all(&dir)?;
-        eprintln!("appliance: building the busybox image (once)...");
-        busybox::build(&path, 64, &[])?;
-    }
-    Ok(path)
-}
-
-/// The appliance's client key, created on first use.
-fn client_key(state: &Path) -> anyhow::Result<PrivateKey> {
-    let path = state.join("client_key");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return PrivateKey::from_openssh(text.as_bytes())
-            .with_context(|| format!("{} is not an OpenSSH private key", path.display()));
-    }
-    let key = keys::generate()?;
-    std::fs::write(&path, keys::private_openssh(&key)?)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(key)
-}
-
-fn new_id() -> anyhow::Result<String> {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).context("Reading system randomness")?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-fn terminal_size() -> Option<WindowSize> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
+        .map_err(super::runtime_failure)?;
+    let result = if args.detach {
+        start_container(client, &id).await.map(|()| {
+            println!("{id}");
+            0
+        })
+    } else {
+        let io = Io {
+            stdin: args.flags.interactive,
+            tty: args.flags.tty,
+        };
+        attach::run_task(client, &id, None, io, start_container(client, &id))
+            .await
+            .map(attach::exit_status)
     };
-    // SAFETY: TIOCGWINSZ writes one winsize into the valid pointer.
-    let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_row > 0).then(|| WindowSize {
-        rows: ws.ws_row.into(),
-        cols: ws.ws_col.into(),
-    })
+    if args.rm {
+        remove_after_exit(client, &id).await;
+    }
+    result.map_err(super::runtime_failure)
 }
 
-/// The local terminal in raw mode, restored on drop.
-struct RawTerminal(nix::sys::termios::Termios);
-
-impl RawTerminal {
-    fn enter() -> Option<Self> {
-        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin).ok()?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
-        Some(Self(saved))
+/// `--rm`: waits (a while) until the container is seen as exited, so that
+/// its VM has flushed and powered off, then removes it.
+async fn remove_after_exit(client: &Client, id: &str) {
+    let _ = tokio::time::timeout(RM_WAIT, attach::wait(client, id, None)).await;
+    let path = format!("/exec/containers/{}?force=true", encode(id));
+    if let Err(e) = client.delete::<()>(&path).await {
+        eprintln!("appliance: removing {id}: {e}");
     }
 }
 
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            std::io::stdin(),
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.0,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> RunArgs {
+        Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+            .expect("parses")
+            .run
+    }
+
+    #[test]
+    fn flags_map_to_the_create_spec() {
+        let a = parse(&[
+            "--rm",
+            "-i",
+            "-t",
+            "--name",
+            "web",
+            "-e",
+            "A=1",
+            "-e",
+            "HOME",
+            "-e",
+            "UNSET",
+            "-u",
+            "1000:1000",
+            "-w",
+            "/tmp",
+            "--hostname",
+            "h1",
+            "--memory",
+            "512",
+            "--cpus",
+            "2",
+            "-l",
+            "app=web",
+            "-l",
+            "flag",
+            "--stop-signal",
+            "INT",
+            "--stop-timeout",
+            "3",
+            "--policy",
+            "anti-affinity:label.tier=db",
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "echo hi",
+        ]);
+        assert!(a.rm && !a.detach);
+        let lookup = |k: &str| (k == "HOME").then(|| "/root".to_string());
+        let s = a.flags.to_spec(lookup).expect("spec");
+        assert_eq!(s.name, "web");
+        assert_eq!(s.image, "busybox");
+        assert_eq!(s.hostname, "h1");
+        assert_eq!((s.memory_mib, s.cpus), (512, 2));
+        assert_eq!((s.stop_signal, s.stop_timeout_seconds), (2, 3));
+        assert_eq!(
+            s.labels,
+            BTreeMap::from([("app".into(), "web".into()), ("flag".into(), String::new())])
         );
+        assert_eq!(s.policies.len(), 1);
+        assert_eq!(s.policies[0].to_string(), "anti-affinity:label.tier=db");
+        assert_eq!(
+            s.task,
+            Task {
+                id: String::new(),
+                args: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                env: vec!["A=1".into(), "HOME=/root".into()],
+                working_dir: "/tmp".into(),
+                user: "1000:1000".into(),
+                tty: true,
+                open_stdin: true,
+            }
+        );
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json["task"]["args"][2], "echo hi");
+        assert_eq!(json["policies"][0]["constraint"], "anti-affinity");
+    }
+
+    #[test]
+    fn defaults_are_left_to_the_server() {
+        let s = parse(&["busybox", "true"])
+            .flags
+            .to_spec(|_| None)
+            .expect("spec");
+        assert_eq!(s.name, "");
+        assert_eq!((s.memory_mib, s.cpus, s.stop_signal), (0, 0, 0));
+        assert!(!s.task.tty && !s.task.open_stdin);
+        assert_eq!(s.task.args, ["true"]);
+    }
+
+    #[test]
+    fn the_command_may_follow_the_image_without_dashes() {
+        let a = parse(&["-d", "busybox", "ls", "-l", "/"]);
+        assert!(a.detach);
+        assert_eq!(a.flags.command, ["ls", "-l", "/"]);
+    }
+
+    #[test]
+    fn bad_input_is_refused_early() {
+        let e = parse(&["busybox"])
+            .flags
+            .to_spec(|_| None)
+            .expect_err("no command");
+        assert!(e.to_string().starts_with("No command given"), "{e}");
+        let e = parse(&["--stop-signal", "NOPE", "busybox", "true"])
+            .flags
+            .to_spec(|_| None)
+            .expect_err("bad signal");
+        assert!(e.to_string().contains("NOPE"), "{e}");
+        let e = parse(&["--policy", "sometimes:x", "busybox", "true"])
+            .flags
+            .to_spec(|_| None)
+            .expect_err("bad policy");
+        assert!(e.to_string().contains("sometimes"), "{e}");
     }
 }

@@ -343,6 +343,11 @@ impl PortLayer {
         Ok(out)
     }
 
+    /// Every container, hidden ones included.
+    pub fn list_all(&self) -> Result<Vec<Container>, PortError> {
+        self.store.containers()?.iter().map(to_container).collect()
+    }
+
     /// Applies a handle's changes. Errors are for the commit as a whole
     /// (bad handle, conflict, invalid change); per-element outcomes of the
     /// side effects are in the result.
@@ -590,6 +595,21 @@ impl PortLayer {
                         results.insert(el, noop(&format!("Already {}", c.state.as_str())));
                     }
                     (P::Created | P::Exited, T::Running) => {
+                        // Placement: affinity and anti-affinity against the
+                        // containers running on this host.
+                        let peers: Vec<Container> = self
+                            .list_all()?
+                            .into_iter()
+                            .filter(|p| p.id != c.id && matches!(p.state, P::Running | P::Paused))
+                            .collect();
+                        let refs: Vec<&dyn Filterable> =
+                            peers.iter().map(|p| p as &dyn Filterable).collect();
+                        policy::check_placement(&c.policies, &refs).map_err(|source| {
+                            PortError::Policy {
+                                element: el.clone(),
+                                source,
+                            }
+                        })?;
                         c.state = P::Running;
                         c.exit_code = None;
                         c.error.clear();
@@ -873,6 +893,33 @@ impl PortLayer {
         Ok(())
     }
 
+    /// Attaches to a task's live streams (the primary by default).
+    pub async fn attach(
+        &self,
+        id: &str,
+        task: Option<&str>,
+        stdin: bool,
+    ) -> Result<crate::backend::AttachStream, PortError> {
+        let c = self.inspect(id)?;
+        let task = task.unwrap_or(&c.id).to_string();
+        self.backend
+            .attach(&c.id, &task, stdin)
+            .await
+            .map_err(|e| PortError::invalid(&task_element(&c.id, &task), e.to_string()))
+    }
+
+    /// The host log of a task (the primary by default), if the backend
+    /// keeps one.
+    pub fn log_path(
+        &self,
+        id: &str,
+        task: Option<&str>,
+    ) -> Result<Option<std::path::PathBuf>, PortError> {
+        let c = self.inspect(id)?;
+        let task = task.unwrap_or(&c.id);
+        Ok(self.backend.log_path(&c.id, task))
+    }
+
     /// Signals a task (the primary by default).
     pub async fn signal(&self, id: &str, task: Option<&str>, signal: i32) -> Result<(), PortError> {
         let c = self.inspect(id)?;
@@ -881,5 +928,247 @@ impl PortLayer {
             .signal(&c.id, &task, signal)
             .await
             .map_err(|e| PortError::invalid(&task_element(&c.id, &task), e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::FakeBackend;
+
+    fn layer(store: Arc<Store>, backend: Arc<FakeBackend>) -> Arc<PortLayer> {
+        PortLayer::new(store, HandleKey::from_bytes([7; 32]), backend)
+    }
+
+    fn spec(name: &str) -> CreateSpec {
+        CreateSpec {
+            name: name.into(),
+            image: "busybox".into(),
+            task: Task {
+                args: vec!["sleep".into(), "1000".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    async fn running(pl: &PortLayer, name: &str) -> String {
+        let (id, h) = pl.create(spec(name)).unwrap();
+        let h = pl.commit(&h).await.unwrap().handle;
+        let h = pl.change_state(&h, TargetState::Running).unwrap();
+        let r = pl.commit(&h).await.unwrap();
+        assert_eq!(r.results[&id].status, Status::Success);
+        id
+    }
+
+    #[tokio::test]
+    async fn nothing_changes_until_commit_and_a_second_commit_is_a_noop() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(store.clone(), fake.clone());
+        let (id, h) = pl.create(spec("web")).unwrap();
+        assert!(pl.inspect(&id).is_err(), "created before commit");
+        let r = pl.commit(&h).await.unwrap();
+        assert_eq!(r.results[&id].status, Status::Success);
+        assert_eq!(pl.inspect("web").unwrap().state, PowerState::Created);
+        let again = pl.commit(&h).await.unwrap();
+        assert_eq!(again.results[&id].status, Status::Noop);
+
+        let h = pl.change_state(&r.handle, TargetState::Running).unwrap();
+        assert_eq!(
+            pl.inspect(&id).unwrap().state,
+            PowerState::Created,
+            "state changed before commit"
+        );
+        let r = pl.commit(&h).await.unwrap();
+        assert_eq!(r.results[&id].status, Status::Success);
+        assert!(fake.is_running(&id));
+        // Starting a running container is a NOOP, with a fresh handle.
+        let h = pl.change_state(&r.handle, TargetState::Running).unwrap();
+        let r = pl.commit(&h).await.unwrap();
+        assert_eq!(r.results[&id].status, Status::Noop);
+        assert_eq!(
+            fake.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c.starts_with("start"))
+                .count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn racing_commits_one_wins_the_rest_conflict_naming_the_version() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let pl = layer(store, Arc::new(FakeBackend::default()));
+        let (id, h) = pl.create(spec("c")).unwrap();
+        let base = pl.commit(&h).await.unwrap().handle;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let h = pl.rename(&base, &format!("name{i}")).unwrap();
+            let pl = pl.clone();
+            tasks.push(tokio::spawn(async move { pl.commit(&h).await }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => wins += 1,
+                Err(PortError::Store(StoreError::Conflict {
+                    current,
+                    base,
+                    id: cid,
+                    ..
+                })) => {
+                    assert_eq!((base, current, cid.as_str()), (1, 2, id.as_str()));
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(wins, 1);
+        assert_eq!(pl.inspect(&id).unwrap().version, 2);
+    }
+
+    #[tokio::test]
+    async fn handles_survive_a_restart_and_forgeries_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let h = {
+            let pl = layer(
+                Arc::new(Store::open(&db).unwrap()),
+                Arc::new(FakeBackend::default()),
+            );
+            let (_, h) = pl.create(spec("keep")).unwrap();
+            let h = pl.commit(&h).await.unwrap().handle;
+            pl.rename(&h, "renamed").unwrap()
+        };
+        // Another process (same state, same key) commits it.
+        let pl = layer(
+            Arc::new(Store::open(&db).unwrap()),
+            Arc::new(FakeBackend::default()),
+        );
+        pl.commit(&h).await.unwrap();
+        assert_eq!(pl.inspect("renamed").unwrap().name, "renamed");
+        let mut forged = h.clone();
+        forged.replace_range(10..11, if &h[10..11] == "A" { "B" } else { "A" });
+        assert!(matches!(
+            pl.commit(&forged).await,
+            Err(PortError::Handle(_))
+        ));
+        let other = PortLayer::new(
+            Arc::new(Store::open(&db).unwrap()),
+            HandleKey::from_bytes([8; 32]),
+            Arc::new(FakeBackend::default()),
+        );
+        assert!(matches!(other.commit(&h).await, Err(PortError::Handle(_))));
+    }
+
+    #[tokio::test]
+    async fn exec_tasks_join_bind_unbind_leave() {
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(Arc::new(Store::open_in_memory().unwrap()), fake.clone());
+        let id = running(&pl, "box").await;
+        let task = Task {
+            id: "ex1".into(),
+            args: vec!["ls".into()],
+            ..Default::default()
+        };
+        let h = pl.get_handle(&id).unwrap();
+        let h = pl.task_join(&h, task).unwrap();
+        let h = pl.task_bind(&h, "ex1").unwrap();
+        let r = pl.commit(&h).await.unwrap();
+        let el = format!("{id}/task/ex1");
+        assert_eq!(r.results[&el].status, Status::Success, "{r:?}");
+        assert!(
+            fake.calls
+                .lock()
+                .unwrap()
+                .contains(&format!("exec {id} ex1"))
+        );
+        // The backend reports the exit; the task shows it.
+        fake.exit_task(&id, "ex1", 3);
+        assert_eq!(pl.wait(&id, Some("ex1")).await.unwrap(), Some(3));
+        let h = pl.task_leave(&pl.get_handle(&id).unwrap(), "ex1").unwrap();
+        pl.commit(&h).await.unwrap();
+        assert!(!pl.inspect(&id).unwrap().tasks.contains_key("ex1"));
+        // Binding in a stopped container is refused when given, naming the task.
+        let h = pl.get_handle(&id).unwrap();
+        let h = pl.change_state(&h, TargetState::Stopped).unwrap();
+        pl.commit(&h).await.unwrap();
+        assert_eq!(pl.wait(&id, None).await.unwrap(), Some(128 + 15));
+        let h = pl
+            .task_join(
+                &pl.get_handle(&id).unwrap(),
+                Task {
+                    id: "ex2".into(),
+                    args: vec!["ls".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let h = pl.task_bind(&h, "ex2").unwrap();
+        let err = pl.commit(&h).await.unwrap_err();
+        assert_eq!(err.element(), format!("{id}/task/ex2"));
+    }
+
+    #[tokio::test]
+    async fn list_filters_and_hides_system_hidden() {
+        let pl = layer(
+            Arc::new(Store::open_in_memory().unwrap()),
+            Arc::new(FakeBackend::default()),
+        );
+        let a = running(&pl, "a").await;
+        let mut s = spec("infra");
+        s.labels.insert("system.hidden".into(), "true".into());
+        let (_, h) = pl.create(s).unwrap();
+        pl.commit(&h).await.unwrap();
+        let names = |f: &str| {
+            pl.list(f)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(""), ["a"]);
+        assert_eq!(names("state=running"), ["a"]);
+        assert_eq!(names("system.hidden"), ["infra"]);
+        assert!(names("state=created").is_empty());
+        assert!(pl.list("colour=red").is_err());
+        assert_eq!(pl.inspect(&a[..8]).unwrap().id, a);
+    }
+
+    #[tokio::test]
+    async fn anti_affinity_is_checked_at_start_naming_the_peer() {
+        let pl = layer(
+            Arc::new(Store::open_in_memory().unwrap()),
+            Arc::new(FakeBackend::default()),
+        );
+        let mut db = spec("db1");
+        db.labels.insert("tier".into(), "db".into());
+        let (db_id, h) = pl.create(db).unwrap();
+        let h = pl.commit(&h).await.unwrap().handle;
+        pl.commit(&pl.change_state(&h, TargetState::Running).unwrap())
+            .await
+            .unwrap();
+
+        let mut s = spec("db2");
+        s.policies
+            .push("anti-affinity:label.tier=db".parse().unwrap());
+        let (_, h) = pl.create(s).unwrap();
+        let h = pl.commit(&h).await.unwrap().handle;
+        let err = pl
+            .commit(&pl.change_state(&h, TargetState::Running).unwrap())
+            .await
+            .unwrap_err();
+        let text = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        assert!(text.contains(&db_id), "{text}");
+        assert_eq!(pl.inspect("db2").unwrap().state, PowerState::Created);
+        // Unknown constraints never get that far.
+        assert!("sideways:label.x".parse::<Policy>().is_err());
     }
 }

@@ -54,8 +54,79 @@ fn bare_initrd(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Commits per second through the port layer (create + two task joins +
+/// commit, against the in-memory backend) against the store alone doing
+/// the same writes (insert + update), on the same kind of database file.
+async fn commits() -> anyhow::Result<()> {
+    use appliance::backend::fake::FakeBackend;
+    use appliance::handle::HandleKey;
+    use appliance::portlayer::exec::{CreateSpec, PortLayer};
+    use appliance::portlayer::model::Task;
+    use appliance::store::{ContainerRecord, Store};
+    use std::sync::Arc;
+    const N: usize = 300;
+    let dir = tempfile::tempdir()?;
+
+    let store = Store::open(&dir.path().join("baseline.db"))?;
+    let t0 = Instant::now();
+    for i in 0..N {
+        let mut rec = ContainerRecord {
+            id: format!("{i:064x}"),
+            name: format!("b{i}"),
+            version: 0,
+            state: "created".into(),
+            labels: Default::default(),
+            body: serde_json::json!({ "image": "busybox", "tasks": {} }),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let v = store.insert_container(&rec)?;
+        rec.body["tasks"] = serde_json::json!({ "a": {}, "b": {} });
+        store.update_container(&rec, v)?;
+    }
+    let base = N as f64 / t0.elapsed().as_secs_f64();
+
+    let pl = PortLayer::new(
+        Arc::new(Store::open(&dir.path().join("state.db"))?),
+        HandleKey::from_bytes([1; 32]),
+        Arc::new(FakeBackend::default()),
+    );
+    let t0 = Instant::now();
+    for i in 0..N {
+        let (_, h) = pl.create(CreateSpec {
+            name: format!("c{i}"),
+            image: "busybox".into(),
+            task: Task {
+                args: vec!["true".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        })?;
+        let h = pl.commit(&h).await?.handle;
+        let mut h = h;
+        for t in ["a", "b"] {
+            h = pl.task_join(
+                &h,
+                Task {
+                    id: t.into(),
+                    args: vec!["true".into()],
+                    ..Default::default()
+                },
+            )?;
+        }
+        pl.commit(&h).await?;
+    }
+    let ours = N as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "port layer create+joins+commit:    {ours:>7.0} /s   store-only baseline {base:.0} /s   ratio {:.2}x",
+        ours / base
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    commits().await?;
     let art = artifacts();
     let choice: AccelChoice = std::env::var("APPLIANCE_ACCEL")
         .unwrap_or_else(|_| "tcg".into())
@@ -90,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
         };
         std::fs::write(&config.spec_file, b"")?;
         let t0 = Instant::now();
-        let mut bare_vm = Vm::spawn(config)?;
+        let mut bare_vm = Vm::spawn(config, false)?;
         until_console(&dir.path().join("console.log"), "bare ready", BOOT_TIMEOUT).await?;
         bare_t.push(t0.elapsed());
         let _ = tokio::time::timeout(Duration::from_secs(10), bare_vm.wait()).await;

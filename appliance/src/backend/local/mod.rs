@@ -5,6 +5,7 @@ pub mod accel;
 pub mod artifacts;
 pub mod qemu;
 pub mod qmp;
+pub mod runtime;
 pub mod tsc;
 pub mod vm;
 

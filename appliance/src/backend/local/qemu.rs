@@ -214,7 +214,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn spawn(config: VmConfig) -> Result<Self, QemuError> {
+    /// Starts QEMU. A `detached` VM runs in its own process group and is
+    /// not killed when this handle (or this process) goes away.
+    pub fn spawn(config: VmConfig, detached: bool) -> Result<Self, QemuError> {
         // The console log is created (empty) up front so that readers never
         // race its creation.
         std::fs::File::create(&config.console_log)
@@ -222,17 +224,19 @@ impl Vm {
         let stderr_log = config.console_log.with_extension("qemu.log");
         let stderr =
             std::fs::File::create(&stderr_log).map_err(|e| QemuError::Console(stderr_log, e))?;
-        let child = Command::new(&config.qemu)
-            .args(config.args())
+        let mut cmd = Command::new(&config.qemu);
+        cmd.args(config.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| QemuError::Spawn {
-                qemu: config.qemu.clone(),
-                source,
-            })?;
+            .kill_on_drop(!detached);
+        if detached {
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().map_err(|source| QemuError::Spawn {
+            qemu: config.qemu.clone(),
+            source,
+        })?;
         Ok(Self { config, child })
     }
 

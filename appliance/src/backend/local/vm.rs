@@ -68,6 +68,9 @@ pub struct VmOptions {
     /// unix sockets (108-byte path limit).
     pub workdir: PathBuf,
     pub qemu: PathBuf,
+    /// Keep QEMU running when this process exits (the appliance's VMs
+    /// outlive it); otherwise QEMU is killed with its handle.
+    pub detached: bool,
 }
 
 impl VmOptions {
@@ -91,6 +94,7 @@ impl VmOptions {
             linger_seconds: 0,
             workdir,
             qemu: "qemu-system-x86_64".into(),
+            detached: false,
         }
     }
 }
@@ -143,7 +147,10 @@ pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmEr
     write_private(&spec_file, &spec.encode_to_vec())
         .map_err(|e| VmError::Write(id.clone(), spec_file.clone(), e))?;
     let root = w.join("root.qcow2");
-    disk::overlay(&opts.rootfs_base, &root).map_err(|e| VmError::Disk(id.clone(), e))?;
+    // A container keeps its disk across restarts: make it only once.
+    if !root.exists() {
+        disk::overlay(&opts.rootfs_base, &root).map_err(|e| VmError::Disk(id.clone(), e))?;
+    }
     let (machine, boot) = match opts.boot {
         BootMode::Direct => (
             Machine::Microvm,
@@ -179,7 +186,7 @@ pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmEr
         }],
         qmp_socket: Some(w.join("qmp.sock")),
     };
-    let vm = Vm::spawn(config).map_err(|e| VmError::Qemu(id.clone(), e))?;
+    let vm = Vm::spawn(config, opts.detached).map_err(|e| VmError::Qemu(id.clone(), e))?;
     Ok(Launched {
         id,
         vm,

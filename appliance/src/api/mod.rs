@@ -1,0 +1,186 @@
+//! The port layer's REST API: one module per component, named as the
+//! component is everywhere else (`exec`, `interaction`, `events`,
+//! `diagnostics`, `kv`), each owning its routes under `/<component>` and the
+//! OpenAPI tag of that name; `openapi` generates the document from them.
+//! `error` gives every failure one JSON shape, `extract` parses requests so
+//! that their rejections take it too, `time` reads and prints times.
+//!
+//! This module owns the router, its shared state and the listeners. It must
+//! not hold any port layer logic: handlers translate HTTP to `PortLayer`
+//! calls and back.
+//!
+//! Listeners: `serve_unix` (the default; the socket is made mode 0600, so
+//! only its owner can reach it) and `serve_tcp`. The TCP listener is plain
+//! HTTP with no authentication: TLS with client-certificate verification is
+//! not implemented yet, so bind it to loopback only. Cross-origin browser
+//! requests are refused (JSON bodies must say `Content-Type:
+//! application/json`, which needs a CORS preflight that is never granted;
+//! attach refuses WebSocket upgrades that carry an `Origin`).
+
+pub mod diagnostics;
+pub mod error;
+pub mod events;
+pub mod exec;
+pub mod extract;
+pub mod interaction;
+pub mod kv;
+pub mod openapi;
+pub mod time;
+
+#[cfg(test)]
+mod testutil;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::{Method, Uri};
+use tokio::net::{TcpListener, UnixListener};
+
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use openapi::openapi_json;
+
+use crate::portlayer::exec::PortLayer;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct ApiState {
+    pub pl: Arc<PortLayer>,
+    /// When this API was made, for `uptime_seconds`.
+    pub started: Instant,
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        uri.path().to_string(),
+        format!("No route for {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        uri.path().to_string(),
+        format!("{} does not accept {method}", uri.path()),
+    )
+}
+
+/// The whole API over one port layer.
+pub fn router(pl: Arc<PortLayer>) -> Router {
+    let state = ApiState {
+        pl,
+        started: Instant::now(),
+    };
+    Router::new()
+        .merge(exec::routes())
+        .merge(interaction::routes())
+        .merge(events::routes())
+        .merge(diagnostics::routes())
+        .merge(kv::routes())
+        .merge(openapi::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+fn at(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// Binds a unix socket at `path`, mode 0600. A socket file left by a server
+/// that is gone is removed first; one a live server answers on is
+/// `AddrInUse`, and anything else at `path` is refused.
+pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("Socket {} is in use by a running server", path.display()),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| at(path, "Removing stale socket", e))?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(at(path, "Checking socket", e)),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| at(path, "Binding socket", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| at(path, "Restricting socket", e))?;
+    Ok(listener)
+}
+
+/// Serves `router` on a unix socket at `path` (see `bind_unix`) until an
+/// error.
+pub async fn serve_unix(router: Router, path: &Path) -> io::Result<()> {
+    let listener = bind_unix(path)?;
+    axum::serve(listener, router).await
+}
+
+/// Serves `router` over plain TCP on `addr`: no TLS, no client
+/// authentication (see the module documentation); keep `addr` on loopback.
+pub async fn serve_tcp(router: Router, addr: SocketAddr) -> io::Result<()> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "serving the port layer API without TLS or authentication on {addr}, which is not loopback"
+        );
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("Binding {addr}: {e}")))?;
+    axum::serve(listener, router).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_json_errors() {
+        let h = Harness::new();
+        let (status, body) = h.call("GET", "/nope", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], "NOT_FOUND");
+        assert_eq!(body["element"], "/nope");
+        let (status, body) = h.call("PATCH", "/exec/commit", None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["code"], "METHOD_NOT_ALLOWED");
+    }
+
+    #[tokio::test]
+    async fn unix_socket_is_private_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        // A stale socket: bound, then its listener dropped.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let h = Harness::new();
+        let listener = bind_unix(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let server = tokio::spawn(axum::serve(listener, h.router.clone()).into_future());
+        // A live one is not taken over.
+        let e = bind_unix(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        let (status, body) = unix_get(&path, "/kv").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, "[]");
+        server.abort();
+
+        std::fs::write(dir.path().join("plain"), b"x").unwrap();
+        let e = bind_unix(&dir.path().join("plain")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+    }
+}

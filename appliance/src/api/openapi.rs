@@ -1,0 +1,154 @@
+//! The OpenAPI document, generated from the handlers' and types'
+//! annotations, served at `/openapi.json` and kept in the repository as
+//! `appliance/openapi.json` (a test fails when the two differ).
+//!
+//! Owns the list of documented routes and schemas and the tags' texts; the
+//! per-route texts live with the handlers.
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use utoipa::OpenApi;
+
+use super::error::{ErrorBody, ErrorCode};
+use super::{ApiState, diagnostics, events, exec, interaction, kv};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "appliance port layer",
+        description = "The port layer of a container runtime in which every container is a \
+microVM. Components: `exec` (containers, tasks, handles, Commit), `interaction` \
+(logs, attach), `events`, `diagnostics`, `kv`.\n\n\
+Mutations go through handles: every composition call takes an opaque handle \
+and returns a new one; nothing changes until `POST /exec/commit`. Handles are \
+sealed (they cannot be forged) and survive appliance restarts.\n\n\
+Every error is `{\"code\", \"message\", \"element\"}` with a stable `code`: \
+`NOT_FOUND` (404), `CONFLICT` (409, with `current_version` for a stale \
+version), `INVALID_ARGUMENT` (400), `BAD_HANDLE` (400), `NAME_TAKEN` (409), \
+`METHOD_NOT_ALLOWED` (405), `INTERNAL` (500)."
+    ),
+    paths(
+        exec::create,
+        exec::list,
+        exec::inspect,
+        exec::get_handle,
+        exec::task_join,
+        exec::task_bind,
+        exec::task_unbind,
+        exec::task_leave,
+        exec::change_state,
+        exec::rename,
+        exec::commit,
+        exec::wait,
+        exec::signal,
+        exec::remove,
+        interaction::logs,
+        interaction::attach,
+        events::events,
+        diagnostics::operations,
+        diagnostics::operation,
+        diagnostics::cancel_operation,
+        diagnostics::errors,
+        diagnostics::stats,
+        kv::list,
+        kv::get_key,
+        kv::put_key,
+        kv::delete_key,
+        openapi_document,
+    ),
+    components(schemas(
+        ErrorBody,
+        ErrorCode,
+        interaction::AttachControl,
+        interaction::AttachExit,
+        interaction::Size,
+        events::Event,
+        events::EventFormat,
+    )),
+    tags(
+        (name = "exec", description = "Containers and their tasks, handles, composition and Commit."),
+        (name = "interaction", description = "Logs and attach: a task's stdin, stdout and stderr."),
+        (name = "events", description = "Everything the port layer does, as a filtered stream."),
+        (name = "diagnostics", description = "Operations in progress, recorded errors, statistics."),
+        (name = "kv", description = "A key/value store for clients, with compare-and-set."),
+        (name = "openapi", description = "This document."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON, ending with a newline.
+pub fn openapi_json() -> String {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut s = ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()));
+        s.push('\n');
+        s
+    })
+    .clone()
+}
+
+pub fn routes() -> Router<ApiState> {
+    Router::new().route("/openapi.json", get(openapi_document))
+}
+
+/// This OpenAPI document.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "openapi", operation_id = "openapi_document",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
+)]
+pub async fn openapi_document() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], openapi_json())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COPY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+
+    #[test]
+    fn openapi_copy_is_current() {
+        let kept = std::fs::read_to_string(COPY).unwrap_or_default();
+        assert!(
+            kept == openapi_json(),
+            "{COPY} is not the generated document: run `cargo test -p appliance -- --ignored update_openapi`"
+        );
+    }
+
+    #[test]
+    #[ignore = "rewrites appliance/openapi.json"]
+    fn update_openapi() {
+        std::fs::write(COPY, openapi_json()).unwrap();
+    }
+
+    #[test]
+    fn components_keep_one_name_across_routes_and_tags() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for (path, item) in paths {
+            for (_method, op) in item.as_object().unwrap() {
+                let tag = op["tags"][0].as_str().unwrap_or_default();
+                let first = path.trim_start_matches('/').split('/').next().unwrap();
+                let first = first.trim_end_matches(".json");
+                assert_eq!(tag, first, "{path} is tagged {tag}");
+            }
+        }
+        let mut ids: Vec<&str> = paths
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|op| op["operationId"].as_str().unwrap())
+            .collect();
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "operation ids are unique");
+        let commit = &doc["paths"]["/exec/commit"]["post"]["description"];
+        assert!(commit.as_str().unwrap().contains("Idempotency"), "{commit}");
+    }
+}

@@ -1,0 +1,498 @@
+//! The local execution environment as a port-layer [`Backend`]: one QEMU
+//! microVM per container, supervised from this process.
+//!
+//! Owns each container's directory (`<state>/containers/<id[..12]>/`: spec,
+//! sockets, console, copy-on-write disk, `logs/<task>.log`), booting and
+//! connecting, following every task's output into its host log (acknowledged
+//! only once on disk), and noticing exits and crashes. QEMU runs detached:
+//! it outlives an appliance restart, after which `recover` reconnects and
+//! resumes the logs where they end.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use proto::v1::SessionSpec;
+use russh::keys::PrivateKey;
+use tokio::net::UnixStream;
+
+use super::accel::Accel;
+use super::artifacts::BootArtifacts;
+use super::qemu::{Vm, read_lossy};
+use super::qmp::Qmp;
+use super::vm::{self, VmOptions};
+use crate::backend::{
+    AttachInput, AttachOutput, AttachStream, Backend, BackendError, BackendEvent, Events,
+};
+use crate::interaction::logs::LogWriter;
+use crate::interaction::persist;
+use crate::portlayer::model::{Container, Task};
+use crate::tether::{AttachEvent, Client};
+
+/// How long a VM may take to boot and answer.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Running {
+    client: Client,
+    dir: PathBuf,
+    pid: u32,
+}
+
+pub struct LocalBackend {
+    state: PathBuf,
+    artifacts: BootArtifacts,
+    accel: Accel,
+    key: PrivateKey,
+    /// Image name → base disk.
+    images: HashMap<String, PathBuf>,
+    running: Mutex<HashMap<String, Arc<Running>>>,
+    events: Mutex<Option<Events>>,
+    me: Weak<LocalBackend>,
+}
+
+fn task_spec(t: &Task) -> SessionSpec {
+    SessionSpec {
+        id: t.id.clone(),
+        args: t.args.clone(),
+        env: t.env.clone(),
+        working_dir: t.working_dir.clone(),
+        user: t.user.clone(),
+        tty: t.tty,
+        open_stdin: t.open_stdin,
+        ..Default::default()
+    }
+}
+
+fn pid_alive(pid: u32, dir: &Path) -> bool {
+    // The pid must still be our QEMU (its command line names the dir), not
+    // a reused pid.
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
+        .unwrap_or(false)
+}
+
+impl LocalBackend {
+    pub fn new(
+        state: &Path,
+        artifacts: BootArtifacts,
+        accel: Accel,
+        key: PrivateKey,
+        images: HashMap<String, PathBuf>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            state: state.to_path_buf(),
+            artifacts,
+            accel,
+            key,
+            images,
+            running: Mutex::new(HashMap::new()),
+            events: Mutex::new(None),
+            me: me.clone(),
+        })
+    }
+
+    /// The `Arc` this backend lives in (it is only ever made by `new`).
+    fn self_arc(&self) -> Arc<Self> {
+        #[allow(clippy::expect_used)]
+        self.me
+            .upgrade()
+            .expect("LocalBackend is only used through its Arc")
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.state.join("containers").join(&id[..id.len().min(12)])
+    }
+
+    fn emit(&self, ev: BackendEvent) {
+        if let Some(tx) = &*self.events.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(ev);
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Running>, BackendError> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| BackendError::NotRunning(id.into()))
+    }
+
+    pub fn log_file(&self, id: &str, task: &str) -> PathBuf {
+        self.dir(id).join("logs").join(format!("{task}.log"))
+    }
+
+    /// Follows a task's output into its log until it ends; reports its exit.
+    async fn follow_task(
+        self: Arc<Self>,
+        id: String,
+        task: String,
+        run: Arc<Running>,
+    ) -> Option<i32> {
+        let path = self.log_file(&id, &task);
+        let code = match LogWriter::open(&path) {
+            Ok(mut log) => match persist::follow(&run.client, &task, &mut log).await {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::warn!("container {id} task {task}: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!("container {id} task {task}: {e}");
+                None
+            }
+        };
+        if let Some(code) = code {
+            self.emit(BackendEvent::TaskExited {
+                container: id.clone(),
+                task: task.clone(),
+                code,
+            });
+        }
+        code
+    }
+
+    /// Watches a container until its VM is gone.
+    async fn supervise(self: Arc<Self>, id: String, run: Arc<Running>, mut vm: Option<Vm>) {
+        let primary = self
+            .clone()
+            .follow_task(id.clone(), id.clone(), run.clone());
+        let gone = async {
+            match vm.as_mut() {
+                Some(vm) => {
+                    let _ = vm.wait().await;
+                }
+                None => {
+                    while pid_alive(run.pid, &run.dir) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        };
+        tokio::pin!(gone);
+        let outcome = tokio::select! {
+            code = primary => Some(code),
+            _ = &mut gone => None,
+        };
+        match outcome {
+            Some(code) => {
+                // The tether powers off once its output is acknowledged.
+                if tokio::time::timeout(Duration::from_secs(30), &mut gone)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("container {id}: VM did not power off; killing it");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(run.pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                self.running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                self.emit(BackendEvent::Exited {
+                    container: id,
+                    code: code.unwrap_or(-1),
+                });
+            }
+            None => {
+                self.running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                let console = read_lossy(&run.dir.join("console.log"));
+                self.emit(BackendEvent::Crashed {
+                    container: id,
+                    error: format!(
+                        "The VM stopped unexpectedly; console:\n{}",
+                        vm::tail(&console, 10)
+                    ),
+                });
+            }
+        }
+    }
+
+    /// After an appliance restart: reconnects to the VMs of containers the
+    /// store says are running, and resumes their logs. Those whose VM is
+    /// gone are reported as crashed.
+    pub async fn recover(self: &Arc<Self>, containers: &[Container]) {
+        for c in containers {
+            let dir = self.dir(&c.id);
+            let pid = std::fs::read_to_string(dir.join("qemu.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            let host_key = std::fs::read_to_string(dir.join("host_key.pub"))
+                .ok()
+                .and_then(|k| russh::keys::PublicKey::from_openssh(k.trim()).ok());
+            let (Some(pid), Some(host_key)) = (pid, host_key) else {
+                self.emit(BackendEvent::Crashed {
+                    container: c.id.clone(),
+                    error: "The VM's records are missing after an appliance restart".into(),
+                });
+                continue;
+            };
+            if !pid_alive(pid, &dir) {
+                self.emit(BackendEvent::Crashed {
+                    container: c.id.clone(),
+                    error: "The VM is gone after an appliance restart".into(),
+                });
+                continue;
+            }
+            let connect = async {
+                let s = UnixStream::connect(dir.join("tether.sock")).await?;
+                Client::connect(s, &self.key, &host_key)
+                    .await
+                    .map_err(std::io::Error::other)
+            };
+            match tokio::time::timeout(BOOT_TIMEOUT, connect).await {
+                Ok(Ok(client)) => {
+                    let run = Arc::new(Running { client, dir, pid });
+                    self.adopt(&c.id, run.clone());
+                    // Resume following the other tasks still running.
+                    for t in c
+                        .tasks
+                        .values()
+                        .filter(|t| !t.primary && t.state == "running")
+                    {
+                        tokio::spawn(self.clone().follow_task(
+                            c.id.clone(),
+                            t.task.id.clone(),
+                            run.clone(),
+                        ));
+                    }
+                    tokio::spawn(self.clone().supervise(c.id.clone(), run, None));
+                }
+                _ => self.emit(BackendEvent::Crashed {
+                    container: c.id.clone(),
+                    error: "Cannot reconnect to the VM after an appliance restart".into(),
+                }),
+            }
+        }
+    }
+
+    fn adopt(&self, id: &str, run: Arc<Running>) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), run);
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    async fn create(&self, c: &Container) -> Result<(), BackendError> {
+        let base = self
+            .images
+            .get(&c.image)
+            .ok_or_else(|| BackendError::failed(&c.id, format!("Image {:?} not found", c.image)))?;
+        let dir = self.dir(&c.id);
+        std::fs::create_dir_all(dir.join("logs")).map_err(|e| BackendError::failed(&c.id, e))?;
+        crate::storage::disk::overlay(base, &dir.join("root.qcow2"))
+            .map_err(|e| BackendError::failed(&c.id, e))
+    }
+
+    async fn start(&self, c: &Container) -> Result<(), BackendError> {
+        let base = self
+            .images
+            .get(&c.image)
+            .ok_or_else(|| BackendError::failed(&c.id, format!("Image {:?} not found", c.image)))?;
+        let primary = c
+            .tasks
+            .get(&c.id)
+            .map(|t| task_spec(&t.task))
+            .ok_or_else(|| BackendError::failed(&c.id, "No primary task"))?;
+        let dir = self.dir(&c.id);
+        std::fs::create_dir_all(dir.join("logs")).map_err(|e| BackendError::failed(&c.id, e))?;
+        // A restarted container starts its logs afresh; the old run's logs
+        // are kept beside them.
+        for t in c.tasks.keys() {
+            let p = self.log_file(&c.id, t);
+            if p.exists() {
+                let _ = std::fs::rename(
+                    &p,
+                    p.with_extension(format!("log.{}", crate::store::now_ms())),
+                );
+            }
+        }
+        let mut opts = VmOptions::new(
+            &c.id,
+            self.artifacts.clone(),
+            base.clone(),
+            dir.clone(),
+            primary,
+        );
+        opts.hostname.clone_from(&c.hostname);
+        opts.accel = self.accel;
+        opts.memory_mib = c.memory_mib;
+        opts.cpus = c.cpus;
+        opts.detached = true;
+        let mut launched =
+            vm::launch(&opts, self.key.public_key()).map_err(|e| BackendError::failed(&c.id, e))?;
+        let pid = launched.vm.pid().unwrap_or(0);
+        let _ = std::fs::write(dir.join("qemu.pid"), pid.to_string());
+        let _ = std::fs::write(
+            dir.join("host_key.pub"),
+            crate::keys::public_openssh(&launched.host_key).unwrap_or_default(),
+        );
+        let client = match launched.connect(&self.key, BOOT_TIMEOUT).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = launched.vm.kill().await;
+                return Err(BackendError::failed(&c.id, e));
+            }
+        };
+        let run = Arc::new(Running { client, dir, pid });
+        self.adopt(&c.id, run.clone());
+        let me = self.self_arc();
+        tokio::spawn(me.supervise(c.id.clone(), run, Some(launched.vm)));
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, signal: i32, timeout: Duration) -> Result<(), BackendError> {
+        let run = self.get(id)?;
+        // Stop signal, grace period and kill happen in the guest; the
+        // tether then powers off and `supervise` reports the exit.
+        let r = run.client.stop(id, signal, timeout).await;
+        if r.is_err() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(run.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), BackendError> {
+        let run = self.get(id)?;
+        let mut q = Qmp::connect(&run.dir.join("qmp.sock"))
+            .await
+            .map_err(|e| BackendError::failed(id, e))?;
+        q.pause().await.map_err(|e| BackendError::failed(id, e))
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), BackendError> {
+        let run = self.get(id)?;
+        let mut q = Qmp::connect(&run.dir.join("qmp.sock"))
+            .await
+            .map_err(|e| BackendError::failed(id, e))?;
+        q.resume().await.map_err(|e| BackendError::failed(id, e))
+    }
+
+    async fn exec(&self, id: &str, task: &Task) -> Result<(), BackendError> {
+        let run = self.get(id)?;
+        run.client
+            .exec(task_spec(task))
+            .await
+            .map_err(|e| BackendError::failed(id, e))?;
+        tokio::spawn(self.self_arc().follow_task(id.into(), task.id.clone(), run));
+        Ok(())
+    }
+
+    async fn stop_task(&self, id: &str, task: &str, timeout: Duration) -> Result<(), BackendError> {
+        let run = self.get(id)?;
+        run.client
+            .stop(task, 0, timeout)
+            .await
+            .map(drop)
+            .map_err(|e| BackendError::failed(id, e))
+    }
+
+    async fn signal(&self, id: &str, task: &str, signal: i32) -> Result<(), BackendError> {
+        let run = self.get(id)?;
+        run.client
+            .signal(task, signal)
+            .await
+            .map_err(|e| BackendError::failed(id, e))
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        if let Ok(run) = self.get(id) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(run.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            self.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+        }
+        let dir = self.dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BackendError::failed(
+                id,
+                format!("Removing {}: {e}", dir.display()),
+            )),
+        }
+    }
+
+    async fn attach(
+        &self,
+        id: &str,
+        task: &str,
+        stdin: bool,
+    ) -> Result<AttachStream, BackendError> {
+        let run = self.get(id)?;
+        let st = run
+            .client
+            .status(task)
+            .await
+            .map_err(|e| BackendError::failed(id, e))?;
+        let s = st
+            .sessions
+            .first()
+            .ok_or_else(|| BackendError::failed(id, format!("No task {task}")))?;
+        // Live from now: what came before is in the task's log.
+        let mut a = run
+            .client
+            .attach(task, (s.stdout_offset, s.stderr_offset), stdin)
+            .await
+            .map_err(|e| BackendError::failed(id, e))?
+            .manual_ack();
+        let (out_tx, output) = tokio::sync::mpsc::channel(64);
+        let (input, mut in_rx) = tokio::sync::mpsc::channel::<AttachInput>(64);
+        let client_task = task.to_string();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = a.next() => {
+                        let out = match ev {
+                            Ok(Some(AttachEvent::Stdout(b))) => AttachOutput::Stdout(b),
+                            Ok(Some(AttachEvent::Stderr(b))) => AttachOutput::Stderr(b),
+                            Ok(Some(AttachEvent::Exit(c))) => AttachOutput::Exit(c),
+                            Ok(None) | Err(_) => break,
+                        };
+                        if out_tx.send(out).await.is_err() {
+                            break;
+                        }
+                    }
+                    i = in_rx.recv() => {
+                        let r = match i {
+                            Some(AttachInput::Stdin(b)) => a.write_stdin(&b).await,
+                            Some(AttachInput::CloseStdin) => a.close_stdin().await,
+                            Some(AttachInput::Resize { rows, cols }) => a.resize(rows, cols).await,
+                            Some(AttachInput::Signal(n)) => run.client.signal(&client_task, n).await,
+                            None => break,
+                        };
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(AttachStream { output, input })
+    }
+
+    fn log_path(&self, id: &str, task: &str) -> Option<PathBuf> {
+        Some(self.log_file(id, task))
+    }
+
+    fn subscribe(&self, events: Events) {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events);
+    }
+}

@@ -1,0 +1,112 @@
+//! `appliance serve`: runs the port layer on this host.
+//!
+//! Wires the state directory (database, handle key, client key, images,
+//! container files, socket), the local backend and the REST API together,
+//! and re-adopts the VMs of containers that were running when a previous
+//! appliance process stopped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use appliance::backend::local::runtime::LocalBackend;
+use appliance::backend::local::{AccelChoice, BootArtifacts, accel};
+use appliance::handle::HandleKey;
+use appliance::portlayer::exec::PortLayer;
+use appliance::portlayer::model::PowerState;
+use appliance::storage::busybox;
+use appliance::store::Store;
+use clap::Args;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Unix socket to listen on (default: <state>/appliance.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Also listen on this TCP address (plain HTTP: use only on loopback).
+    #[arg(long)]
+    tcp: Option<std::net::SocketAddr>,
+    /// Accelerator: auto (probe KVM, else TCG), kvm or tcg.
+    #[arg(long, env = "APPLIANCE_ACCEL", default_value = "auto")]
+    accel: AccelChoice,
+    /// Directory with vmlinuz, initrd.img and bootstrap.iso.
+    #[arg(long, env = "APPLIANCE_BOOT_DIR")]
+    boot_dir: Option<PathBuf>,
+}
+
+/// The socket the CLI and the server agree on.
+pub fn socket_path(state: &Path) -> PathBuf {
+    state.join("appliance.sock")
+}
+
+pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
+    std::fs::create_dir_all(state)
+        .with_context(|| format!("Creating state directory {}", state.display()))?;
+    let store = Arc::new(Store::open_dir(state)?);
+    let key = HandleKey::load_or_create(&state.join("handle.key"))?;
+    let client_key = client_key(state)?;
+    let artifacts = BootArtifacts::find(args.boot_dir.as_deref())?;
+    let accel = accel::resolve(
+        args.accel,
+        Path::new("qemu-system-x86_64"),
+        &artifacts.kernel,
+        &artifacts.initrd,
+        Some(state),
+    )
+    .await;
+    tracing::info!(accel = accel.qemu_name(), "accelerator");
+    let images = HashMap::from([(busybox::IMAGE_NAME.to_string(), ensure_busybox(state)?)]);
+    let backend = LocalBackend::new(state, artifacts, accel, client_key, images);
+    let pl = PortLayer::new(store.clone(), key, backend.clone());
+
+    // VMs outlive the appliance: take back those of running containers.
+    let running: Vec<_> = pl
+        .list_all()?
+        .into_iter()
+        .filter(|c| matches!(c.state, PowerState::Running | PowerState::Paused))
+        .collect();
+    if !running.is_empty() {
+        tracing::info!(count = running.len(), "re-adopting running containers");
+        backend.recover(&running).await;
+    }
+
+    let router = appliance::api::router(pl);
+    let socket = args.socket.unwrap_or_else(|| socket_path(state));
+    eprintln!("appliance: serving on {}", socket.display());
+    let unix = appliance::api::serve_unix(router.clone(), &socket);
+    match args.tcp {
+        Some(addr) => {
+            let tcp = appliance::api::serve_tcp(router, addr);
+            tokio::try_join!(unix, tcp)?;
+        }
+        None => unix.await?,
+    }
+    Ok(0)
+}
+
+/// The built-in busybox image, built on first use.
+pub fn ensure_busybox(state: &Path) -> anyhow::Result<PathBuf> {
+    let dir = state.join("images");
+    let path = dir.join("busybox.ext4");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir)?;
+        eprintln!("appliance: building the busybox image (once)...");
+        busybox::build(&path, 64, &[])?;
+    }
+    Ok(path)
+}
+
+/// The appliance's client key for tethers, created on first use.
+pub fn client_key(state: &Path) -> anyhow::Result<russh::keys::PrivateKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = state.join("client_key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return russh::keys::PrivateKey::from_openssh(text.as_bytes())
+            .with_context(|| format!("{} is not an OpenSSH private key", path.display()));
+    }
+    let key = appliance::keys::generate()?;
+    std::fs::write(&path, appliance::keys::private_openssh(&key)?)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(key)
+}

@@ -1,0 +1,169 @@
+//! Running `appliance serve` as a separate process for end-to-end tests,
+//! and talking to it the way users do: the CLI, and raw HTTP with curl on
+//! the unix socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `appliance` binary next to the test executable (`make test` and
+/// `cargo test --workspace` build it).
+pub fn appliance_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> → target/debug/appliance
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("appliance");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p appliance`",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Server {
+    pub state: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts a server on `state` and waits until its socket answers.
+    pub fn start(state: &Path) -> Server {
+        let log = std::fs::File::create(state.join("serve.log")).expect("serve log");
+        let child = Command::new(appliance_bin())
+            .arg("--state")
+            .arg(state)
+            .arg("serve")
+            .env("APPLIANCE_ACCEL", "tcg")
+            .env(
+                "APPLIANCE_BOOT_DIR",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn appliance serve");
+        let s = Server {
+            state: state.to_path_buf(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, _) = s.http("GET", "/diagnostics/stats", None);
+            if code == 200 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "appliance serve did not come up; log:\n{}",
+                std::fs::read_to_string(state.join("serve.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.state.join("appliance.sock")
+    }
+
+    /// Ends the server abruptly (SIGKILL, by its PID), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_stdin(args, None)
+    }
+
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        use std::io::Write;
+        let mut c = Command::new(appliance_bin())
+            .arg("--state")
+            .arg(&self.state)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn appliance");
+        if let (Some(data), Some(mut s)) = (stdin, c.stdin.take()) {
+            s.write_all(data).expect("stdin");
+        }
+        c.wait_with_output().expect("appliance output")
+    }
+
+    /// One HTTP request with curl on the unix socket: (status, body).
+    pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-m",
+            "300",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ])
+        .arg("--unix-socket")
+        .arg(self.socket())
+        .arg(format!("http://appliance{path}"));
+        if let Some(b) = body {
+            c.args(["-H", "content-type: application/json", "--data-binary", b]);
+        }
+        let out = c.output().expect("curl (install Debian's curl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
+
+impl Server {
+    /// Ends the VMs this server's containers run in (they outlive the
+    /// server by design), by the PIDs recorded in the state directory.
+    pub fn kill_vms(&self) {
+        let Ok(dirs) = std::fs::read_dir(self.state.join("containers")) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let Some(pid) = std::fs::read_to_string(d.path().join("qemu.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&*d.path().to_string_lossy()))
+                .unwrap_or(false);
+            if ours {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        self.kill_vms();
+    }
+}
+
+/// stdout of a finished command as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

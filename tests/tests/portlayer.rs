@@ -1,0 +1,260 @@
+//! End to end through the port layer: `appliance serve` as its own process,
+//! driven by the CLI and by raw HTTP, with real container VMs (TCG).
+
+use std::time::Duration;
+
+use tests::server::{Server, stderr, stdout};
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn new_server() -> (tempfile::TempDir, Server) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(d.path());
+    (d, s)
+}
+
+#[test]
+fn run_streams_output_and_exits_with_the_containers_code() {
+    let (_d, s) = new_server();
+    let o = s.cli(&[
+        "run",
+        "--rm",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "out\n");
+    assert!(stderr(&o).contains("err\n"), "{}", stderr(&o));
+    // --rm removed it.
+    let ps = s.cli(&["ps", "-a", "-q"]);
+    assert_eq!(stdout(&ps).trim(), "", "{}", stdout(&ps));
+    // stdin with -i.
+    let o = s.cli_with_stdin(
+        &["run", "--rm", "-i", "busybox", "--", "wc", "-c"],
+        Some(&[b'x'; 5000]),
+    );
+    assert_eq!(stdout(&o).trim(), "5000", "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn lifecycle_noop_restart_exec_signals_pause_and_remove() {
+    let (_d, s) = new_server();
+    let trap = "trap 'echo got-usr1' USR1; while true; do sleep 0.1; done";
+    let o = s.cli(&["create", "--name", "web", "busybox", "--", "sh", "-c", trap]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let c = json(&s.http("GET", "/exec/containers/web", None).1);
+    assert_eq!(c["state"], "created");
+
+    assert!(s.cli(&["start", "web"]).status.success());
+    // A second start, through a handle and commit, is a NOOP.
+    let (_, h) = s.http("GET", "/exec/containers/web/handle", None);
+    let h = json(&h)["handle"].as_str().unwrap().to_string();
+    let (code, h2) = s.http(
+        "POST",
+        "/exec/handles/state",
+        Some(&format!(r#"{{"handle":"{h}","target":"running"}}"#)),
+    );
+    assert_eq!(code, 200, "{h2}");
+    let h2 = json(&h2)["handle"].as_str().unwrap().to_string();
+    let (code, r) = s.http(
+        "POST",
+        "/exec/commit",
+        Some(&format!(r#"{{"handle":"{h2}"}}"#)),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(json(&r)["results"][&id]["status"], "NOOP", "{r}");
+
+    // exec in the running container.
+    let o = s.cli(&["exec", "web", "--", "sh", "-c", "hostname; exit 4"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    // A signal reaches the primary process.
+    assert!(s.cli(&["kill", "-s", "USR1", "web"]).status.success());
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = stdout(&s.cli(&["logs", "web"]));
+        if logs.contains("got-usr1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(logs.contains("got-usr1"), "{logs}");
+
+    // Pause and resume through the state target.
+    for (target, want) in [("paused", "paused"), ("running", "running")] {
+        let (_, h) = s.http("GET", "/exec/containers/web/handle", None);
+        let h = json(&h)["handle"].as_str().unwrap().to_string();
+        let (_, h) = s.http(
+            "POST",
+            "/exec/handles/state",
+            Some(&format!(r#"{{"handle":"{h}","target":"{target}"}}"#)),
+        );
+        let h = json(&h)["handle"].as_str().unwrap().to_string();
+        let (code, r) = s.http(
+            "POST",
+            "/exec/commit",
+            Some(&format!(r#"{{"handle":"{h}"}}"#)),
+        );
+        assert_eq!(code, 200, "{r}");
+        assert_eq!(json(&r)["results"][&id]["status"], "SUCCESS", "{r}");
+        assert_eq!(
+            json(&s.http("GET", "/exec/containers/web", None).1)["state"],
+            want
+        );
+    }
+
+    // A running container is not removed without force.
+    let o = s.cli(&["rm", "web"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("running"), "{}", stderr(&o));
+    let o = s.cli(&["stop", "-t", "1", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = json(&s.http("GET", "/exec/containers/web", None).1);
+    assert_eq!(c["state"], "exited", "{c}");
+    // The shell ignores nothing but runs a loop: TERM ends it.
+    assert_eq!(c["exit_code"], 143, "{c}");
+    assert!(s.cli(&["rm", "web"]).status.success());
+    assert_eq!(s.http("GET", "/exec/containers/web", None).0, 404);
+}
+
+#[test]
+fn racing_commits_exactly_one_wins() {
+    let (_d, s) = new_server();
+    let o = s.cli(&["create", "--name", "race", "busybox", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, h) = s.http("GET", "/exec/containers/race/handle", None);
+    let h = json(&h)["handle"].as_str().unwrap().to_string();
+    let handles: Vec<String> = (0..8)
+        .map(|i| {
+            let (_, r) = s.http(
+                "POST",
+                "/exec/handles/rename",
+                Some(&format!(r#"{{"handle":"{h}","name":"n{i}"}}"#)),
+            );
+            json(&r)["handle"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let codes: Vec<(u16, String)> = std::thread::scope(|sc| {
+        let s = &s;
+        let joins: Vec<_> = handles
+            .iter()
+            .map(|h| {
+                sc.spawn(move || {
+                    s.http(
+                        "POST",
+                        "/exec/commit",
+                        Some(&format!(r#"{{"handle":"{h}"}}"#)),
+                    )
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let wins = codes.iter().filter(|(c, _)| *c == 200).count();
+    assert_eq!(wins, 1, "{codes:?}");
+    for (c, body) in codes.iter().filter(|(c, _)| *c != 200) {
+        assert_eq!(*c, 409, "{body}");
+        let e = json(body);
+        assert_eq!(e["code"], "CONFLICT");
+        assert_eq!(e["current_version"], 2, "{body}");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_4xx_naming_the_element() {
+    let (_d, s) = new_server();
+    let (code, body) = s.http("POST", "/exec/containers", Some("{not json"));
+    assert_eq!(code, 400, "{body}");
+    assert!(json(&body)["message"].as_str().unwrap().len() > 5);
+
+    let (code, body) = s.http("GET", "/exec/containers/doesnotexist", None);
+    assert_eq!(code, 404);
+    assert_eq!(json(&body)["element"], "doesnotexist");
+
+    let (code, body) = s.http(
+        "POST",
+        "/exec/commit",
+        Some(r#"{"handle":"h1.eyJ4Ijoxfq.AAAA"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(json(&body)["element"], "handle");
+
+    let spec = r#"{"image":"busybox","task":{"args":["true"]},"policies":[{"filter":"","constraint":"sideways"}]}"#;
+    let (code, body) = s.http("POST", "/exec/containers", Some(spec));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("sideways"), "{body}");
+}
+
+#[test]
+fn handles_and_logs_survive_an_appliance_crash() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Server::start(d.path());
+    let n = 400;
+    let counter =
+        format!("i=0; while [ $i -lt {n} ]; do echo line$i; i=$((i+1)); sleep 0.01; done");
+    let o = s.cli(&[
+        "run", "-d", "--name", "count", "busybox", "--", "sh", "-c", &counter,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A handle made before the crash...
+    let (_, h) = s.http("GET", "/exec/containers/count/handle", None);
+    let h = json(&h)["handle"].as_str().unwrap().to_string();
+    let (_, h) = s.http(
+        "POST",
+        "/exec/handles/rename",
+        Some(&format!(r#"{{"handle":"{h}","name":"counted"}}"#)),
+    );
+    let h = json(&h)["handle"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.kill9();
+    // ...while the container keeps writing.
+    std::thread::sleep(Duration::from_millis(1000));
+    let s = Server::start(d.path());
+    let (code, r) = s.http(
+        "POST",
+        "/exec/commit",
+        Some(&format!(r#"{{"handle":"{h}"}}"#)),
+    );
+    assert_eq!(code, 200, "{r}");
+    let (code, w) = s.http("POST", "/exec/containers/counted/wait", None);
+    assert_eq!(code, 200, "{w}");
+    assert_eq!(json(&w)["exit_code"], 0, "{w}");
+    let logs = stdout(&s.cli(&["logs", "counted"]));
+    let want: String = (0..n).map(|i| format!("line{i}\n")).collect();
+    assert_eq!(logs, want);
+}
+
+#[test]
+fn events_stream_is_filtered() {
+    let (_d, s) = new_server();
+    let sock = s.socket();
+    let reader = std::thread::spawn(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "-N", "-m", "20", "--unix-socket"])
+            .arg(&sock)
+            .arg("http://appliance/events?format=json&filter=kind=create")
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        s.cli(&["create", "--name", "ev1", "busybox", "--", "true"])
+            .status
+            .success()
+    );
+    assert!(s.cli(&["rm", "ev1"]).status.success());
+    let out = reader.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kinds: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| json(l)["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(kinds, ["create"], "{text}");
+}
