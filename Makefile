@@ -39,6 +39,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: deps iso
+	$(CARGO) build --release -p appliance
 	$(CARGO) run --release -p tests --bin bench
 
 clean:

@@ -258,3 +258,72 @@ fn events_stream_is_filtered() {
         .collect();
     assert_eq!(kinds, ["create"], "{text}");
 }
+
+#[test]
+fn a_start_in_progress_is_listed_and_can_be_cancelled() {
+    let (_d, s) = new_server();
+    let o = s.cli(&["create", "--name", "slow", "busybox", "--", "sleep", "1000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let (_, h) = s.http("GET", "/exec/containers/slow/handle", None);
+    let h = json(&h)["handle"].as_str().unwrap().to_string();
+    let (_, h) = s.http(
+        "POST",
+        "/exec/handles/state",
+        Some(&format!(r#"{{"handle":"{h}","target":"running"}}"#)),
+    );
+    let h = json(&h)["handle"].as_str().unwrap().to_string();
+    std::thread::scope(|sc| {
+        // The commit boots the VM: it is in progress for a while.
+        let commit = sc.spawn(|| {
+            s.http(
+                "POST",
+                "/exec/commit",
+                Some(&format!(r#"{{"handle":"{h}"}}"#)),
+            )
+        });
+        let mut op = None;
+        for _ in 0..200 {
+            let (_, list) = s.http("GET", "/diagnostics/operations?running=true", None);
+            op = json(&list).as_array().and_then(|a| {
+                a.iter()
+                    .find(|o| o["kind"] == "start" && o["element"] == id.as_str())
+                    .cloned()
+            });
+            if op.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let op = op.expect("the start never showed as an operation in progress");
+        let op_id = op["id"].as_str().unwrap();
+        let (code, body) = s.http("DELETE", &format!("/diagnostics/operations/{op_id}"), None);
+        assert!(code == 202 || code == 200, "{code} {body}");
+        let (code, r) = commit.join().unwrap();
+        assert_eq!(code, 200, "{r}");
+        let r = json(&r);
+        assert_eq!(r["results"][&id]["status"], "ERROR", "{r}");
+        assert!(
+            r["results"][&id]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("cancelled"),
+            "{r}"
+        );
+        let (_, op) = s.http("GET", &format!("/diagnostics/operations/{op_id}"), None);
+        assert_eq!(json(&op)["state"], "cancelled", "{op}");
+    });
+    let c = json(&s.http("GET", "/exec/containers/slow", None).1);
+    assert_eq!(c["state"], "exited", "{c}");
+    assert!(c["error"].as_str().unwrap().contains("cancelled"), "{c}");
+    // No VM was left running for it.
+    let pid = std::fs::read_to_string(s.state.join("containers").join(&id[..12]).join("qemu.pid"))
+        .unwrap_or_default();
+    if let Ok(pid) = pid.trim().parse::<u32>() {
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "QEMU {pid} still running"
+        );
+    }
+}

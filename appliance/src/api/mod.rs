@@ -10,12 +10,13 @@
 //! calls and back.
 //!
 //! Listeners: `serve_unix` (the default; the socket is made mode 0600, so
-//! only its owner can reach it) and `serve_tcp`. The TCP listener is plain
-//! HTTP with no authentication: TLS with client-certificate verification is
-//! not implemented yet, so bind it to loopback only. Cross-origin browser
-//! requests are refused (JSON bodies must say `Content-Type:
-//! application/json`, which needs a CORS preflight that is never granted;
-//! attach refuses WebSocket upgrades that carry an `Origin`).
+//! only its owner can reach it) and `serve_tcp`. The TCP listener serves
+//! HTTPS and admits only clients whose certificate is signed by the
+//! configured CA (`tls`); without TLS settings it is plain HTTP with no
+//! authentication, which is refused on any address but loopback.
+//! Cross-origin browser requests are refused (JSON bodies must say
+//! `Content-Type: application/json`, which needs a CORS preflight that is
+//! never granted; attach refuses WebSocket upgrades that carry an `Origin`).
 
 pub mod diagnostics;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod interaction;
 pub mod kv;
 pub mod openapi;
 pub mod time;
+pub mod tls;
 
 #[cfg(test)]
 mod testutil;
@@ -43,6 +45,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use openapi::openapi_json;
+pub use tls::{TlsError, TlsSettings};
 
 use crate::portlayer::exec::PortLayer;
 
@@ -128,18 +131,57 @@ pub async fn serve_unix(router: Router, path: &Path) -> io::Result<()> {
     axum::serve(listener, router).await
 }
 
-/// Serves `router` over plain TCP on `addr`: no TLS, no client
-/// authentication (see the module documentation); keep `addr` on loopback.
-pub async fn serve_tcp(router: Router, addr: SocketAddr) -> io::Result<()> {
-    if !addr.ip().is_loopback() {
-        tracing::warn!(
-            "serving the port layer API without TLS or authentication on {addr}, which is not loopback"
-        );
+/// Serves `router` on TCP `addr` (see `bind_tcp` and `serve_tcp_listener`)
+/// until an error.
+pub async fn serve_tcp(
+    router: Router,
+    addr: SocketAddr,
+    tls: Option<TlsSettings>,
+) -> io::Result<()> {
+    if tls.is_none() {
+        plain_tcp_allowed(addr)?;
     }
-    let listener = TcpListener::bind(addr)
+    let listener = bind_tcp(addr).await?;
+    serve_tcp_listener(router, listener, tls).await
+}
+
+/// Binds a TCP listener on `addr` (port 0 picks a free one).
+pub async fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
         .await
-        .map_err(|e| io::Error::new(e.kind(), format!("Binding {addr}: {e}")))?;
-    axum::serve(listener, router).await
+        .map_err(|e| io::Error::new(e.kind(), format!("Binding {addr}: {e}")))
+}
+
+/// Serves `router` on `listener` until an error: over TLS with client
+/// certificates verified if `tls` is given, else as plain HTTP with no
+/// authentication, which only a loopback listener may do.
+pub async fn serve_tcp_listener(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<TlsSettings>,
+) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    match tls {
+        Some(tls) => tls::serve(router, listener, tls).await,
+        None => {
+            plain_tcp_allowed(addr)?;
+            tracing::warn!(
+                "serving the port layer API on {addr} as plain HTTP without authentication: any local user can use it"
+            );
+            axum::serve(listener, router).await
+        }
+    }
+}
+
+/// Plain HTTP with no authentication is for loopback only.
+fn plain_tcp_allowed(addr: SocketAddr) -> io::Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("Refusing plain HTTP on {addr}, which is not loopback: TLS settings are needed"),
+    ))
 }
 
 #[cfg(test)]

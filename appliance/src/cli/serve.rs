@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use appliance::api::TlsSettings;
 use appliance::backend::local::runtime::LocalBackend;
 use appliance::backend::local::{AccelChoice, BootArtifacts, accel};
 use appliance::handle::HandleKey;
@@ -24,9 +25,32 @@ pub struct ServeArgs {
     /// Unix socket to listen on (default: <state>/appliance.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Also listen on this TCP address (plain HTTP: use only on loopback).
+    /// Also listen on this TCP address: HTTPS with client certificates given
+    /// the three --tls-* options, else plain HTTP, on loopback only.
     #[arg(long)]
     tcp: Option<std::net::SocketAddr>,
+    /// PEM certificate chain (leaf first) of the --tcp listener.
+    #[arg(
+        long,
+        env = "APPLIANCE_TLS_CERT",
+        requires_all = ["tcp", "tls_key", "tls_client_ca"]
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "APPLIANCE_TLS_KEY",
+        requires_all = ["tcp", "tls_cert", "tls_client_ca"]
+    )]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): --tcp clients must present a certificate
+    /// signed by one of them.
+    #[arg(
+        long,
+        env = "APPLIANCE_TLS_CLIENT_CA",
+        requires_all = ["tcp", "tls_cert", "tls_key"]
+    )]
+    tls_client_ca: Option<PathBuf>,
     /// Accelerator: auto (probe KVM, else TCG), kvm or tcg.
     #[arg(long, env = "APPLIANCE_ACCEL", default_value = "auto")]
     accel: AccelChoice,
@@ -41,6 +65,8 @@ pub fn socket_path(state: &Path) -> PathBuf {
 }
 
 pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
+    // Checked first: a bad TLS setup should not wait for the state to load.
+    let tls = tls_settings(&args)?;
     std::fs::create_dir_all(state)
         .with_context(|| format!("Creating state directory {}", state.display()))?;
     let store = Arc::new(Store::open_dir(state)?);
@@ -77,12 +103,29 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
     let unix = appliance::api::serve_unix(router.clone(), &socket);
     match args.tcp {
         Some(addr) => {
-            let tcp = appliance::api::serve_tcp(router, addr);
+            let tcp = appliance::api::serve_tcp(router, addr, tls);
             tokio::try_join!(unix, tcp)?;
         }
         None => unix.await?,
     }
     Ok(0)
+}
+
+/// The --tcp listener's TLS settings, loaded; `None` for plain HTTP, which
+/// only a loopback address may have.
+fn tls_settings(args: &ServeArgs) -> anyhow::Result<Option<TlsSettings>> {
+    let (Some(cert), Some(key), Some(client_ca)) =
+        (&args.tls_cert, &args.tls_key, &args.tls_client_ca)
+    else {
+        if let Some(addr) = args.tcp.filter(|a| !a.ip().is_loopback()) {
+            anyhow::bail!(
+                "--tcp on a non-loopback address needs --tls-cert, --tls-key and --tls-client-ca \
+                 (or their APPLIANCE_TLS_* variables), or listen on a loopback address instead of {addr}"
+            );
+        }
+        return Ok(None);
+    };
+    Ok(Some(TlsSettings::from_pem_files(cert, key, client_ca)?))
 }
 
 /// The built-in busybox image, built on first use.

@@ -672,39 +672,29 @@ impl PortLayer {
                 return;
             }
         };
-        let (el, r): (String, Result<(), BackendError>) = match a {
-            Action::Start => (id.into(), self.backend.start(&c).await),
-            Action::Stop => (
-                id.into(),
-                self.backend
-                    .stop(
-                        id,
-                        c.stop_signal,
-                        Duration::from_secs(u64::from(c.stop_timeout_seconds)),
-                    )
-                    .await,
-            ),
-            Action::Pause => (id.into(), self.backend.pause(id).await),
-            Action::Resume => (id.into(), self.backend.resume(id).await),
-            Action::Exec(t) => (task_element(id, &t.id), self.backend.exec(id, &t).await),
-            Action::StopTask(t) => (
-                task_element(id, &t),
-                self.backend
-                    .stop_task(
-                        id,
-                        &t,
-                        Duration::from_secs(u64::from(c.stop_timeout_seconds)),
-                    )
-                    .await,
-            ),
+        let (kind, el) = match &a {
+            Action::Start => ("start", id.to_string()),
+            Action::Stop => ("stop", id.to_string()),
+            Action::Pause => ("pause", id.to_string()),
+            Action::Resume => ("resume", id.to_string()),
+            Action::Exec(t) => ("exec", task_element(id, &t.id)),
+            Action::StopTask(t) => ("stop-task", task_element(id, t)),
         };
-        let kind = results
-            .get(&el)
-            .map(|r| r.detail.to_lowercase())
-            .unwrap_or_default();
+        let timeout = Duration::from_secs(u64::from(c.stop_timeout_seconds));
+        let work = async {
+            match a {
+                Action::Start => self.backend.start(&c).await,
+                Action::Stop => self.backend.stop(id, c.stop_signal, timeout).await,
+                Action::Pause => self.backend.pause(id).await,
+                Action::Resume => self.backend.resume(id).await,
+                Action::Exec(t) => self.backend.exec(id, &t).await,
+                Action::StopTask(t) => self.backend.stop_task(id, &t, timeout).await,
+            }
+        };
+        let r = self.tracked(kind, &el, work).await;
         match r {
             Ok(()) => {
-                let _ = self.events.emit("exec", &kind, &el, &c.labels, json!({}));
+                let _ = self.events.emit("exec", kind, &el, &c.labels, json!({}));
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -741,6 +731,55 @@ impl PortLayer {
                 }
             }
         }
+    }
+
+    /// Runs one backend operation as an operation in progress: listed in
+    /// diagnostics while it runs, and cancellable by id (from any replica
+    /// sharing the store). A cancelled operation's future is dropped; the
+    /// backend cleans up what it had started.
+    async fn tracked<F>(&self, kind: &str, element: &str, work: F) -> Result<(), BackendError>
+    where
+        F: std::future::Future<Output = Result<(), BackendError>>,
+    {
+        use crate::store::{OpState, Operation};
+        let op = Operation {
+            id: new_id()[..16].to_string(),
+            kind: kind.into(),
+            element: element.into(),
+            started_at: now_ms(),
+            finished_at: None,
+            owner: format!("pid {}", std::process::id()),
+            state: OpState::Running,
+            detail: String::new(),
+            cancel_requested: false,
+        };
+        if let Err(e) = self.store.op_start(&op) {
+            tracing::warn!("recording operation {kind} on {element}: {e}");
+        }
+        let cancelled = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if self.store.op_cancel_requested(&op.id).unwrap_or(false) {
+                    return;
+                }
+            }
+        };
+        let (r, state) = tokio::select! {
+            r = work => {
+                let state = if r.is_ok() { OpState::Done } else { OpState::Failed };
+                (r, state)
+            }
+            _ = cancelled => (
+                Err(BackendError::Failed {
+                    id: element.into(),
+                    message: format!("Operation {} ({kind}) was cancelled", op.id),
+                }),
+                OpState::Cancelled,
+            ),
+        };
+        let detail = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        let _ = self.store.op_finish(&op.id, state, &detail);
+        r
     }
 
     /// Read-modify-write of the stored container, retried on conflicts:

@@ -124,6 +124,130 @@ async fn commits() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Container stdout streamed to a client through the tether (SSH channel
+/// over virtio-serial, with acknowledgements), against raw virtio-serial
+/// throughput from the same VM (the guest writes to a second port that the
+/// host reads directly).
+async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<()> {
+    use appliance::tether::AttachEvent;
+    use tokio::io::AsyncReadExt;
+    const N: u64 = 256 << 20;
+    let dir = tempfile::tempdir()?;
+    let mut opts = options(&dir, session("main", &["sleep", "100000"]));
+    opts.accel = accel;
+    let raw_sock = dir.path().join("raw.sock");
+    opts.extra_ports = vec![("org.tether.bench".into(), raw_sock.clone())];
+    let (mut launched, key) = launch(&opts);
+    let client = launched.connect(&key, BOOT_TIMEOUT).await?;
+
+    // Raw: the guest writes N bytes to the bench port; the host counts.
+    let mut raw = tokio::net::UnixStream::connect(&raw_sock).await?;
+    let script = format!(
+        "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name)\" = org.tether.bench ] && d=/dev/${{p##*/}}; done; head -c {N} /dev/zero > $d"
+    );
+    let t0 = Instant::now();
+    client.exec(session("raw", &["sh", "-c", &script])).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    while got < N {
+        let n = raw.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "raw port closed after {got} bytes");
+        got += n as u64;
+    }
+    let raw_t = t0.elapsed();
+
+    // Through the tether: an exec's stdout over its attach channel.
+    let t0 = Instant::now();
+    client
+        .exec(session("out", &["head", "-c", &N.to_string(), "/dev/zero"]))
+        .await?;
+    let mut a = client.attach("out", (0, 0), false).await?;
+    let mut got = 0u64;
+    while let Some(ev) = a.next().await? {
+        if let AttachEvent::Stdout(b) = ev {
+            got += b.len() as u64;
+        }
+    }
+    anyhow::ensure!(got == N, "attach delivered {got} of {N} bytes");
+    let att_t = t0.elapsed();
+    let mbs = |t: Duration| N as f64 / 1048576.0 / t.as_secs_f64();
+    println!(
+        "attach stdout, 256 MiB:            {:>7.1} MiB/s   raw virtio-serial {:.1} MiB/s   ratio {:.2}x",
+        mbs(att_t),
+        mbs(raw_t),
+        mbs(att_t) / mbs(raw_t)
+    );
+    launched.vm.kill().await?;
+    Ok(())
+}
+
+/// `appliance run --rm busybox -- echo` through a running `appliance serve`:
+/// from the client's start to its first byte of output, against the bare
+/// boot of the same kernel measured in this run.
+async fn run_to_output(bare: Duration) -> anyhow::Result<()> {
+    use std::process::Stdio;
+    use tokio::io::AsyncReadExt;
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/appliance");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} missing: make bench builds it",
+        bin.display()
+    );
+    let state = tempfile::tempdir()?;
+    let mut server = tokio::process::Command::new(&bin)
+        .arg("--state")
+        .arg(state.path())
+        .arg("serve")
+        .env(
+            "APPLIANCE_ACCEL",
+            std::env::var("APPLIANCE_ACCEL").unwrap_or_else(|_| "tcg".into()),
+        )
+        .env(
+            "APPLIANCE_BOOT_DIR",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let sock = state.path().join("appliance.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sock.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "appliance serve did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut times = Vec::new();
+    for _ in 0..RUNS {
+        let t0 = Instant::now();
+        let mut c = tokio::process::Command::new(&bin)
+            .arg("--state")
+            .arg(state.path())
+            .args(["run", "--rm", "busybox", "--", "echo", "hi"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut out = c
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut b = [0u8; 1];
+        anyhow::ensure!(out.read(&mut b).await? == 1, "no output");
+        times.push(t0.elapsed());
+        c.wait().await?;
+    }
+    let t = median(times);
+    println!(
+        "run --rm busybox echo, to output:  {:>7.3} s  ratio {:.2}x (against the bare boot)",
+        t.as_secs_f64(),
+        t.as_secs_f64() / bare.as_secs_f64()
+    );
+    let _ = server.start_kill();
+    let _ = server.wait().await;
+    // The containers were removed with --rm: no VM is left.
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     commits().await?;
@@ -158,6 +282,7 @@ async fn main() -> anyhow::Result<()> {
             console_log: dir.path().join("console.log"),
             disks: vec![],
             qmp_socket: None,
+            extra_ports: vec![],
         };
         std::fs::write(&config.spec_file, b"")?;
         let t0 = Instant::now();
@@ -207,5 +332,7 @@ async fn main() -> anyhow::Result<()> {
         "tether binary (static, stripped):  {size} bytes ({:.2} MB)",
         size as f64 / 1e6
     );
+    run_to_output(b).await?;
+    throughput(accel).await?;
     Ok(())
 }

@@ -93,6 +93,8 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// QMP control socket, if wanted.
     pub qmp_socket: Option<PathBuf>,
+    /// Further virtio-serial ports: (name in the guest, host socket).
+    pub extra_ports: Vec<(String, PathBuf)>,
 }
 
 impl VmConfig {
@@ -184,6 +186,15 @@ impl VmConfig {
             "virtserialport,chardev=tether,name={}",
             proto::DEFAULT_PORT_NAME
         ));
+        for (i, (name, sock)) in self.extra_ports.iter().enumerate() {
+            push("-chardev");
+            push(&format!(
+                "socket,id=port{i},path={},server=on,wait=off",
+                sock.display()
+            ));
+            push("-device");
+            push(&format!("virtserialport,chardev=port{i},name={name}"));
+        }
         for (i, d) in self.disks.iter().enumerate() {
             push("-drive");
             push(&format!(
@@ -323,6 +334,7 @@ mod tests {
                 read_only: false,
             }],
             qmp_socket: None,
+            extra_ports: vec![],
         }
     }
 

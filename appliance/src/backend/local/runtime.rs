@@ -64,6 +64,20 @@ fn task_spec(t: &Task) -> SessionSpec {
     }
 }
 
+/// Kills a VM's QEMU when dropped while still armed.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.filter(|p| *p > 0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 fn pid_alive(pid: u32, dir: &Path) -> bool {
     // The pid must still be our QEMU (its command line names the dir), not
     // a reused pid.
@@ -332,6 +346,9 @@ impl Backend for LocalBackend {
         let mut launched =
             vm::launch(&opts, self.key.public_key()).map_err(|e| BackendError::failed(&c.id, e))?;
         let pid = launched.vm.pid().unwrap_or(0);
+        // If this start is abandoned (cancelled, failed) before the VM is
+        // adopted, the detached QEMU must not be left behind.
+        let mut guard = KillOnDrop(Some(pid));
         let _ = std::fs::write(dir.join("qemu.pid"), pid.to_string());
         let _ = std::fs::write(
             dir.join("host_key.pub"),
@@ -346,6 +363,7 @@ impl Backend for LocalBackend {
         };
         let run = Arc::new(Running { client, dir, pid });
         self.adopt(&c.id, run.clone());
+        guard.0 = None;
         let me = self.self_arc();
         tokio::spawn(me.supervise(c.id.clone(), run, Some(launched.vm)));
         Ok(())

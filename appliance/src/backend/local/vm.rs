@@ -71,6 +71,8 @@ pub struct VmOptions {
     /// Keep QEMU running when this process exits (the appliance's VMs
     /// outlive it); otherwise QEMU is killed with its handle.
     pub detached: bool,
+    /// Further virtio-serial ports: (name in the guest, host socket).
+    pub extra_ports: Vec<(String, PathBuf)>,
 }
 
 impl VmOptions {
@@ -95,6 +97,7 @@ impl VmOptions {
             workdir,
             qemu: "qemu-system-x86_64".into(),
             detached: false,
+            extra_ports: vec![],
         }
     }
 }
@@ -185,6 +188,7 @@ pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmEr
             read_only: false,
         }],
         qmp_socket: Some(w.join("qmp.sock")),
+        extra_ports: opts.extra_ports.clone(),
     };
     let vm = Vm::spawn(config, opts.detached).map_err(|e| VmError::Qemu(id.clone(), e))?;
     Ok(Launched {
