@@ -327,3 +327,76 @@ fn a_start_in_progress_is_listed_and_can_be_cancelled() {
         );
     }
 }
+
+#[test]
+fn a_vm_that_dies_marks_its_container_exited_with_an_error_event() {
+    let (_d, s) = new_server();
+    let o = s.cli(&[
+        "run", "-d", "--name", "victim", "busybox", "--", "sleep", "1000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let pid = std::fs::read_to_string(s.state.join("containers").join(&id[..12]).join("qemu.pid"))
+        .unwrap();
+    // QEMU dies under the container (it is ours: we started it).
+    let st = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut c = serde_json::Value::Null;
+    for _ in 0..100 {
+        c = json(&s.http("GET", "/exec/containers/victim", None).1);
+        if c["state"] == "exited" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c["state"], "exited", "{c}");
+    assert!(
+        c["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped unexpectedly"),
+        "{c}"
+    );
+    let (_, errs) = s.http("GET", &format!("/diagnostics/errors?element={id}"), None);
+    assert!(errs.contains("vm-crash"), "{errs}");
+    let o = std::process::Command::new("curl")
+        .args(["-s", "-m", "3", "--unix-socket"])
+        .arg(s.socket())
+        .arg("http://appliance/events?format=json&since=0&filter=kind=crash")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&id),
+        "no crash event"
+    );
+    // Its resources go with rm.
+    assert!(s.cli(&["rm", "victim"]).status.success());
+    assert!(!s.state.join("containers").join(&id[..12]).exists());
+}
+
+#[test]
+fn run_with_a_terminal() {
+    let (_d, s) = new_server();
+    // `script` gives the CLI a terminal of its own.
+    let cmd = format!(
+        "{} --state {} run --rm -t busybox -- sh -c 'tty; stty size; exit 5'",
+        tests::server::appliance_bin().display(),
+        s.state.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("COLUMNS", "100")
+        .env("LINES", "30")
+        .output()
+        .expect("script (util-linux)");
+    let out = stdout(&o);
+    assert!(
+        out.contains("/dev/pts/"),
+        "not a terminal: {out:?} {}",
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(5), "{out:?}");
+}

@@ -191,7 +191,8 @@ impl LocalBackend {
             _ = &mut gone => None,
         };
         match outcome {
-            Some(code) => {
+            // The tether reported the primary task's exit.
+            Some(Some(code)) => {
                 // The tether powers off once its output is acknowledged.
                 if tokio::time::timeout(Duration::from_secs(30), &mut gone)
                     .await
@@ -209,10 +210,17 @@ impl LocalBackend {
                     .remove(&id);
                 self.emit(BackendEvent::Exited {
                     container: id,
-                    code: code.unwrap_or(-1),
+                    code,
                 });
             }
-            None => {
+            // The VM went away, or the channel broke without an exit: the
+            // VM died under the container.
+            Some(None) | None => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut gone).await;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(run.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 self.running
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
