@@ -400,3 +400,14 @@ fn run_with_a_terminal() {
     );
     assert_eq!(o.status.code(), Some(5), "{out:?}");
 }
+
+#[test]
+fn the_appliance_log_is_queryable() {
+    let (_d, s) = new_server();
+    let o = s.cli(&["create", "--name", "logged", "busybox", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let (code, text) = s.http("GET", &format!("/diagnostics/logs?grep={id}"), None);
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("commit") && text.contains(&id), "{text}");
+}

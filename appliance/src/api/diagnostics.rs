@@ -29,6 +29,50 @@ pub fn routes() -> Router<ApiState> {
         )
         .route("/diagnostics/errors", get(errors))
         .route("/diagnostics/stats", get(stats))
+        .route("/diagnostics/logs", get(logs))
+}
+
+/// Which part of the appliance's own log to return.
+#[derive(Deserialize, Debug, Default, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsQuery {
+    /// The last N lines (default 200).
+    pub tail: Option<usize>,
+    /// Only lines containing this text (e.g. an element id or an operation id).
+    pub grep: Option<String>,
+}
+
+/// The appliance's own log (what `appliance serve` records with tracing),
+/// as plain text.
+#[utoipa::path(
+    get, path = "/diagnostics/logs", tag = "diagnostics", operation_id = "diagnostics_logs",
+    params(LogsQuery),
+    responses(
+        (status = 200, description = "Log lines", body = String, content_type = "text/plain"),
+        (status = 404, description = "This appliance keeps no log file", body = ErrorBody)
+    )
+)]
+pub async fn logs(
+    State(s): State<ApiState>,
+    QueryArgs(q): QueryArgs<LogsQuery>,
+) -> Result<String, ApiError> {
+    use super::error::ErrorCode;
+    let Some(path) = &s.log_file else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "logs",
+            "This appliance keeps no log file",
+        ));
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| q.grep.as_deref().is_none_or(|g| l.contains(g)))
+        .collect();
+    let n = q.tail.unwrap_or(200);
+    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
+    out.push('\n');
+    Ok(out)
 }
 
 /// A long-running operation (a pull, a commit, …).

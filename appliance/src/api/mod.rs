@@ -53,6 +53,8 @@ use crate::portlayer::exec::PortLayer;
 #[derive(Clone)]
 pub struct ApiState {
     pub pl: Arc<PortLayer>,
+    /// The appliance's own log file, served by `/diagnostics/logs`.
+    pub log_file: Option<std::path::PathBuf>,
     /// When this API was made, for `uptime_seconds`.
     pub started: Instant,
 }
@@ -75,8 +77,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// The whole API over one port layer.
 pub fn router(pl: Arc<PortLayer>) -> Router {
+    router_with_log(pl, None)
+}
+
+/// The router, serving `log_file` (the appliance's own log) under
+/// `/diagnostics/logs`.
+pub fn router_with_log(pl: Arc<PortLayer>, log_file: Option<std::path::PathBuf>) -> Router {
     let state = ApiState {
         pl,
+        log_file,
         started: Instant::now(),
     };
     Router::new()

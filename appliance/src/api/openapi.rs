@@ -54,6 +54,7 @@ version), `INVALID_ARGUMENT` (400), `BAD_HANDLE` (400), `NAME_TAKEN` (409), \
         diagnostics::cancel_operation,
         diagnostics::errors,
         diagnostics::stats,
+        diagnostics::logs,
         kv::list,
         kv::get_key,
         kv::put_key,

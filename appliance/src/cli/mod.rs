@@ -117,14 +117,8 @@ async fn dispatch(state: PathBuf, command: Command) -> anyhow::Result<u8> {
 
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let state = cli.state.unwrap_or_else(default_state);
+    let state = cli.state.clone().unwrap_or_else(default_state);
+    init_logging(&state, matches!(cli.command, Command::Serve(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,6 +151,40 @@ fn default_state() -> PathBuf {
     std::env::var_os("HOME")
         .map(|h| PathBuf::from(h).join(".local/share/appliance"))
         .unwrap_or_else(|| PathBuf::from(".appliance"))
+}
+
+/// Logs to stderr (`APPLIANCE_LOG`, default warnings); the server also
+/// keeps an info-level log in its state directory for `/diagnostics/logs`.
+fn init_logging(state: &std::path::Path, server: bool) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        );
+    let file = server
+        .then(|| {
+            std::fs::create_dir_all(state).ok()?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(serve::log_path(state))
+                .ok()
+        })
+        .flatten()
+        .map(|f| {
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+        });
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
 }
 
 #[cfg(test)]

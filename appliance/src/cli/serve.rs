@@ -59,6 +59,11 @@ pub struct ServeArgs {
     boot_dir: Option<PathBuf>,
 }
 
+/// The server's own log (also served at `/diagnostics/logs`).
+pub fn log_path(state: &Path) -> PathBuf {
+    state.join("appliance.log")
+}
+
 /// The socket the CLI and the server agree on.
 pub fn socket_path(state: &Path) -> PathBuf {
     state.join("appliance.sock")
@@ -97,7 +102,7 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
         backend.recover(&running).await;
     }
 
-    let router = appliance::api::router(pl);
+    let router = appliance::api::router_with_log(pl, Some(log_path(state)));
     let socket = args.socket.unwrap_or_else(|| socket_path(state));
     eprintln!("appliance: serving on {}", socket.display());
     let unix = appliance::api::serve_unix(router.clone(), &socket);

@@ -443,6 +443,9 @@ impl PortLayer {
         for a in actions {
             self.apply(&id, a, &mut results).await;
         }
+        for (el, r) in &results {
+            tracing::info!(element = %el, status = ?r.status, "commit: {}", r.detail);
+        }
         let c = self.inspect(&id)?;
         Ok(CommitResult {
             version: c.version,
