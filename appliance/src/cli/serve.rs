@@ -98,8 +98,11 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
         .filter(|c| matches!(c.state, PowerState::Running | PowerState::Paused))
         .collect();
     if !running.is_empty() {
+        // In the background: the API answers meanwhile, and a VM that is
+        // slow to answer does not hold up the others' clients.
         tracing::info!(count = running.len(), "re-adopting running containers");
-        backend.recover(&running).await;
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.recover(&running).await });
     }
 
     let router = appliance::api::router_with_log(pl, Some(log_path(state)));

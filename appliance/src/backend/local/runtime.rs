@@ -216,7 +216,10 @@ impl LocalBackend {
             // The VM went away, or the channel broke without an exit: the
             // VM died under the container.
             Some(None) | None => {
-                let _ = tokio::time::timeout(Duration::from_secs(5), &mut gone).await;
+                // (`gone` may only be awaited again if it has not finished.)
+                if outcome.is_some() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut gone).await;
+                }
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(run.pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
