@@ -58,7 +58,7 @@ pub fn format_event(e: &Event) -> String {
 /// RFC 3339 (UTC, milliseconds) for unix milliseconds.
 pub fn format_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let (y, mo, d) = appliance::api::time::civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -67,20 +67,6 @@ pub fn format_ms(ms: i64) -> String {
         s % 60,
         ms.rem_euclid(1000)
     )
-}
-
-/// The date of a day since 1970-01-01 (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Cuts a byte stream into lines, whatever the chunking.

@@ -64,16 +64,23 @@ fn task_spec(t: &Task) -> SessionSpec {
     }
 }
 
+/// Ends a VM's QEMU by its PID (0 means none).
+fn kill_pid(pid: u32) {
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// Kills a VM's QEMU when dropped while still armed.
 struct KillOnDrop(Option<u32>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Some(pid) = self.0.filter(|p| *p > 0) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        if let Some(pid) = self.0 {
+            kill_pid(pid);
         }
     }
 }
@@ -199,10 +206,7 @@ impl LocalBackend {
                     .is_err()
                 {
                     tracing::warn!("container {id}: VM did not power off; killing it");
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(run.pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    kill_pid(run.pid);
                 }
                 self.running
                     .lock()
@@ -220,10 +224,7 @@ impl LocalBackend {
                 if outcome.is_some() {
                     let _ = tokio::time::timeout(Duration::from_secs(5), &mut gone).await;
                 }
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(run.pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                kill_pid(run.pid);
                 self.running
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -386,10 +387,7 @@ impl Backend for LocalBackend {
         // tether then powers off and `supervise` reports the exit.
         let r = run.client.stop(id, signal, timeout).await;
         if r.is_err() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(run.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            kill_pid(run.pid);
         }
         Ok(())
     }
@@ -439,10 +437,7 @@ impl Backend for LocalBackend {
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
         if let Ok(run) = self.get(id) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(run.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            kill_pid(run.pid);
             self.running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
