@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests: real container VMs under QEMU
-//! (TCG), the built-in busybox root filesystem, and the tether client.
+//! (TCG), the built-in busybox root filesystem, and the tether client; a
+//! local registry (`registry`) and an OCI image builder (`oci_image`).
 //!
 //! The boot artifacts come from `make iso` (the test command runs it first).
 
@@ -35,7 +36,6 @@ pub fn rootfs() -> PathBuf {
             let path = dir.path().join("busybox.ext4");
             busybox::build(
                 &path,
-                64,
                 &[ExtraFile {
                     path: "/bin/notexec".into(),
                     contents: b"#!/bin/sh\necho should not run\n".to_vec(),
@@ -128,4 +128,7 @@ impl TestVm {
         self.launched.vm.console()
     }
 }
+pub mod bench_storage;
+pub mod oci_image;
+pub mod registry;
 pub mod server;

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use crate::handle::HandleError;
 use crate::portlayer::exec::PortError;
+use crate::portlayer::storage::StorageError;
 use crate::store::StoreError;
 
 /// A stable, machine-readable error code. Clients branch on this, never on
@@ -36,6 +37,16 @@ pub enum ErrorCode {
     NameTaken,
     /// 405: the path exists, the method does not.
     MethodNotAllowed,
+    /// 409: a container still uses the image or volume (the message names
+    /// it; `GET /exec/containers?filter=image_id=...` or `volume=...` lists
+    /// them).
+    InUse,
+    /// 507: the store ran out of space; nothing was recorded.
+    NoSpace,
+    /// 502: a registry failed or refused (the message says what it said);
+    /// also bad image content (digest mismatch, malformed manifest, an
+    /// archive entry that would escape).
+    ImageSource,
     /// 500: the appliance failed; the message says where.
     Internal,
 }
@@ -44,7 +55,9 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::Conflict | ErrorCode::NameTaken => StatusCode::CONFLICT,
+            ErrorCode::Conflict | ErrorCode::NameTaken | ErrorCode::InUse => StatusCode::CONFLICT,
+            ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::ImageSource => StatusCode::BAD_GATEWAY,
             ErrorCode::InvalidArgument | ErrorCode::BadHandle => StatusCode::BAD_REQUEST,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -129,6 +142,7 @@ fn store_parts(e: &StoreError) -> (ErrorCode, String, Option<u64>) {
             (ErrorCode::Conflict, id.clone(), Some(*current))
         }
         StoreError::NameTaken { name, .. } => (ErrorCode::NameTaken, name.clone(), None),
+        StoreError::InUse { id, .. } => (ErrorCode::InUse, id.clone(), None),
         StoreError::Ambiguous { prefix, .. } => (ErrorCode::InvalidArgument, prefix.clone(), None),
         StoreError::Invalid { what, .. } => (ErrorCode::InvalidArgument, (*what).into(), None),
         StoreError::SchemaTooNew { .. }
@@ -175,8 +189,36 @@ impl From<PortError> for ApiError {
                 (ErrorCode::InvalidArgument, e.element(), None)
             }
             PortError::Filter(_) => (ErrorCode::InvalidArgument, "filter".into(), None),
+            PortError::Storage(s) => storage_parts(s),
         };
         from_parts(parts, &e)
+    }
+}
+
+fn storage_parts(e: &StorageError) -> (ErrorCode, String, Option<u64>) {
+    match e {
+        StorageError::Store(s) => store_parts(s),
+        StorageError::Invalid { .. } => (ErrorCode::InvalidArgument, e.element(), None),
+        StorageError::Filter(_) => (ErrorCode::InvalidArgument, "filter".into(), None),
+        StorageError::NoSpace { .. } => (ErrorCode::NoSpace, e.element(), None),
+        StorageError::Fetch { source, .. }
+            if matches!(
+                **source,
+                crate::storage::oci::OciError::ManifestUnknown { .. }
+            ) =>
+        {
+            (ErrorCode::NotFound, e.element(), None)
+        }
+        StorageError::Fetch { .. } | StorageError::Build { .. } => {
+            (ErrorCode::ImageSource, e.element(), None)
+        }
+        StorageError::Io { .. } => (ErrorCode::Internal, e.element(), None),
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        from_parts(storage_parts(&e), &e)
     }
 }
 

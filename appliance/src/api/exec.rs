@@ -87,7 +87,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn parse(&self) -> Result<policy::Policy, policy::PolicyError> {
+    pub(crate) fn parse(&self) -> Result<policy::Policy, policy::PolicyError> {
         let constraint: Constraint = self.constraint.parse()?;
         Ok(policy::Policy::new(
             constraint,
@@ -102,6 +102,8 @@ impl From<model::Container> for Container {
             id: c.id,
             name: c.name,
             image: c.image,
+            image_id: c.image_id,
+            mounts: c.mounts,
             hostname: c.hostname,
             memory_mib: c.memory_mib,
             cpus: c.cpus,
@@ -159,9 +161,15 @@ pub struct CreateSpec {
     pub labels: BTreeMap<String, String>,
     /// Creation-time policies.
     pub policies: Vec<Policy>,
-    /// The primary task (its id is set to the container id); `args` is
-    /// required.
+    /// The primary task (its id is set to the container id). Empty `args`
+    /// run the image's entrypoint and command; otherwise `args` replace the
+    /// image's command and follow its entrypoint. The image's env, working
+    /// dir and user apply where the task gives none.
     pub task: Task,
+    /// Replaces the image's entrypoint (`[]`: none).
+    pub entrypoint: Option<Vec<String>>,
+    /// Volumes to join at creation.
+    pub mounts: Vec<model::VolumeMount>,
 }
 
 impl CreateSpec {
@@ -190,6 +198,8 @@ impl CreateSpec {
             labels: self.labels,
             policies,
             task: self.task.into(),
+            entrypoint: self.entrypoint,
+            mounts: self.mounts,
         })
     }
 }
@@ -235,7 +245,12 @@ pub struct Container {
     /// addresses it.
     pub id: String,
     pub name: String,
+    /// The image as it was named at creation.
     pub image: String,
+    /// The image's id ("sha256:...").
+    pub image_id: String,
+    /// Volumes joined to it.
+    pub mounts: Vec<model::VolumeMount>,
     pub hostname: String,
     pub memory_mib: u32,
     pub cpus: u32,
@@ -386,8 +401,10 @@ impl From<model::CommitResult> for CommitResult {
 #[serde(default, deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Filterspec over `id`, `name`, `state`, `image`, `exit_code` and
-    /// `label.<key>`, e.g. `state=running,label.app=web`. Containers
+    /// Filterspec over `id`, `name`, `state`, `image`, `image_id`,
+    /// `volume` (any volume it uses), `exit_code` and `label.<key>`, e.g.
+    /// `state=running,label.app=web` or `image_id=sha256:...` (which
+    /// containers use an image). Containers
     /// labelled `system.hidden` are left out unless the filter mentions
     /// that label.
     pub filter: String,

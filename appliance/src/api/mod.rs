@@ -1,6 +1,6 @@
 //! The port layer's REST API: one module per component, named as the
-//! component is everywhere else (`exec`, `interaction`, `events`,
-//! `diagnostics`, `kv`), each owning its routes under `/<component>` and the
+//! component is everywhere else (`exec`, `storage`, `interaction`,
+//! `events`, `diagnostics`, `kv`), each owning its routes under `/<component>` and the
 //! OpenAPI tag of that name; `openapi` generates the document from them.
 //! `error` gives every failure one JSON shape, `extract` parses requests so
 //! that their rejections take it too, `time` reads and prints times.
@@ -26,6 +26,7 @@ pub mod extract;
 pub mod interaction;
 pub mod kv;
 pub mod openapi;
+pub mod storage;
 pub mod time;
 pub mod tls;
 
@@ -94,6 +95,7 @@ pub fn router_with_log(pl: Arc<PortLayer>, log_file: Option<std::path::PathBuf>)
         .merge(events::routes())
         .merge(diagnostics::routes())
         .merge(kv::routes())
+        .merge(storage::routes())
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -14,14 +14,15 @@ use axum::routing::get;
 use utoipa::OpenApi;
 
 use super::error::{ErrorBody, ErrorCode};
-use super::{ApiState, diagnostics, events, exec, interaction, kv};
+use super::{ApiState, diagnostics, events, exec, interaction, kv, storage};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "appliance port layer",
         description = "The port layer of a container runtime in which every container is a \
-microVM. Components: `exec` (containers, tasks, handles, Commit), `interaction` \
+microVM. Components: `exec` (containers, tasks, handles, Commit), `storage` \
+(image stores, images, volume stores, volumes), `interaction` \
 (logs, attach), `events`, `diagnostics`, `kv`.\n\n\
 Mutations go through handles: every composition call takes an opaque handle \
 and returns a new one; nothing changes until `POST /exec/commit`. Handles are \
@@ -29,7 +30,8 @@ sealed (they cannot be forged) and survive appliance restarts.\n\n\
 Every error is `{\"code\", \"message\", \"element\"}` with a stable `code`: \
 `NOT_FOUND` (404), `CONFLICT` (409, with `current_version` for a stale \
 version), `INVALID_ARGUMENT` (400), `BAD_HANDLE` (400), `NAME_TAKEN` (409), \
-`METHOD_NOT_ALLOWED` (405), `INTERNAL` (500)."
+`METHOD_NOT_ALLOWED` (405), `IN_USE` (409, naming the containers), \
+`NO_SPACE` (507), `IMAGE_SOURCE` (502), `INTERNAL` (500)."
     ),
     paths(
         exec::create,
@@ -46,6 +48,22 @@ version), `INVALID_ARGUMENT` (400), `BAD_HANDLE` (400), `NAME_TAKEN` (409), \
         exec::wait,
         exec::signal,
         exec::remove,
+        storage::list_images,
+        storage::inspect_image,
+        storage::remove_image,
+        storage::tag,
+        storage::pull,
+        storage::import,
+        storage::image_stores,
+        storage::add_image_store,
+        storage::volume_stores,
+        storage::add_volume_store,
+        storage::list_volumes,
+        storage::create_volume,
+        storage::inspect_volume,
+        storage::remove_volume,
+        storage::volume_join,
+        storage::volume_leave,
         interaction::logs,
         interaction::attach,
         events::events,
@@ -69,9 +87,11 @@ version), `INVALID_ARGUMENT` (400), `BAD_HANDLE` (400), `NAME_TAKEN` (409), \
         interaction::Size,
         events::Event,
         events::EventFormat,
+        crate::portlayer::storage::PullEvent,
     )),
     tags(
         (name = "exec", description = "Containers and their tasks, handles, composition and Commit."),
+        (name = "storage", description = "Image stores and images, volume stores and volumes, volume joins."),
         (name = "interaction", description = "Logs and attach: a task's stdin, stdout and stderr."),
         (name = "events", description = "Everything the port layer does, as a filtered stream."),
         (name = "diagnostics", description = "Operations in progress, recorded errors, statistics."),

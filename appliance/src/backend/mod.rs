@@ -49,6 +49,14 @@ pub enum BackendEvent {
 
 pub type Events = mpsc::UnboundedSender<BackendEvent>;
 
+/// Where a backend finds the disks the storage component made: an image's
+/// read-only base disk, and a volume's disk with the serial the guest finds
+/// it by.
+pub trait Disks: Send + Sync {
+    fn image_disk(&self, image_id: &str) -> Result<PathBuf, String>;
+    fn volume_disk(&self, volume: &str) -> Result<(PathBuf, String), String>;
+}
+
 /// Output of an attached task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachOutput {

@@ -210,6 +210,24 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, ClientError> {
+        let json = body.is_some().then_some("application/json");
+        let body = Full::new(Bytes::from(body.unwrap_or_default()));
+        self.send_body(method, path, json, body).await
+    }
+
+    /// Sends one request with any body (a file streamed from disk, say).
+    async fn send_body<B>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: B,
+    ) -> Result<Response<Incoming>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = self.connect().await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -222,15 +240,13 @@ impl Client {
             .method(method)
             .uri(path)
             .header(HOST, "appliance");
-        if body.is_some() {
-            req = req.header(CONTENT_TYPE, "application/json");
+        if let Some(ct) = content_type {
+            req = req.header(CONTENT_TYPE, ct);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|source| ClientError::Request {
-                path: path.into(),
-                source,
-            })?;
+        let req = req.body(body).map_err(|source| ClientError::Request {
+            path: path.into(),
+            source,
+        })?;
         let resp = sender.send_request(req).await?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -238,6 +254,43 @@ impl Client {
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         Err(ApiError::from_body(status, &body).into())
+    }
+
+    /// POSTs a file as the body, streamed; the JSON answer.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        file: tokio::fs::File,
+    ) -> Result<T, ClientError> {
+        use futures::TryStreamExt;
+        let frames = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .map_ok(hyper::body::Frame::data);
+        let body = http_body_util::StreamBody::new(frames);
+        let resp = self
+            .send_body(Method::POST, path, Some(content_type), body)
+            .await?;
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// POSTs JSON and returns the answer's body as a stream (a pull's
+    /// progress lines).
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<BodyStream, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|source| ClientError::Decode {
+            path: path.into(),
+            source,
+        })?;
+        Ok(BodyStream(
+            self.send(Method::POST, path, Some(body)).await?.into_body(),
+        ))
     }
 
     async fn json<T: DeserializeOwned>(

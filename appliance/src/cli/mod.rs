@@ -3,7 +3,8 @@
 //! `<state>/appliance.sock`. Each subcommand lives in the file of its job:
 //! `run` (run, create), `containers` (start, stop, kill, rm, ps, inspect,
 //! rename, wait), `attach` (attach, exec and the terminal streaming they
-//! share with run), `logs`, `events`, `serve`. Below them: `client` (the
+//! share with run), `logs`, `events`, `images` (pull, images, rmi, import,
+//! tag), `volumes` (volume ...), `serve`. Below them: `client` (the
 //! transport), `handles` (handle → change → commit), `follow` (reading a
 //! starting task's log), `signals` (signal names).
 //!
@@ -20,10 +21,12 @@ mod containers;
 mod events;
 mod follow;
 mod handles;
+mod images;
 mod logs;
 mod run;
 mod serve;
 mod signals;
+mod volumes;
 
 use std::path::PathBuf;
 
@@ -74,6 +77,19 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Stream the port layer's events.
     Events(events::EventsArgs),
+    /// Pull an image from a registry.
+    Pull(images::PullArgs),
+    /// List images.
+    Images(images::ImagesArgs),
+    /// Remove images (refused while a container uses one).
+    Rmi(images::RmiArgs),
+    /// Import a `docker save` archive or an OCI image layout tar.
+    Import(images::ImportArgs),
+    /// Give an image another name.
+    Tag(images::TagArgs),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
 }
 
 /// Ends the program with this exit status; what needed saying has been
@@ -112,6 +128,12 @@ async fn dispatch(state: PathBuf, command: Command) -> anyhow::Result<u8> {
         Command::Exec(args) => attach::exec(c, args).await,
         Command::Logs(args) => logs::logs(c, args).await,
         Command::Events(args) => events::events(c, args).await,
+        Command::Pull(args) => images::pull(c, args).await,
+        Command::Images(args) => images::images(c, args).await,
+        Command::Rmi(args) => images::rmi(c, args).await,
+        Command::Import(args) => images::import(c, args).await,
+        Command::Tag(args) => images::tag(c, args).await,
+        Command::Volume(cmd) => volumes::volume(c, cmd).await,
     }
 }
 
@@ -239,6 +261,23 @@ mod tests {
                 "0",
             ],
             &["appliance", "--state", "/tmp/s", "serve"],
+            &["appliance", "pull", "--insecure", "h:5000/a:1"],
+            &["appliance", "images", "--filter", "name=x*", "-q"],
+            &["appliance", "rmi", "a", "b"],
+            &["appliance", "import", "-t", "x:1", "f.tar"],
+            &["appliance", "tag", "a", "b"],
+            &["appliance", "volume", "create", "-s", "64M", "data"],
+            &["appliance", "volume", "ls", "--stores"],
+            &["appliance", "volume", "rm", "data"],
+            &[
+                "appliance",
+                "run",
+                "-v",
+                "data:/d:ro",
+                "busybox",
+                "ls",
+                "/d",
+            ],
         ] {
             if let Err(e) = Cli::try_parse_from(args) {
                 panic!("{args:?}: {e}");

@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use appliance::portlayer::exec::CreateSpec;
-use appliance::portlayer::model::{TargetState, Task};
+use appliance::portlayer::model::{TargetState, Task, VolumeMount};
 use appliance::portlayer::policy::Policy;
 use clap::Args;
 use serde::Deserialize;
@@ -66,7 +66,14 @@ pub struct CreateFlags {
     /// Policies, CONSTRAINT:FILTER (e.g. anti-affinity:label.tier=db).
     #[arg(long)]
     pub policy: Vec<String>,
-    /// The image: `busybox` (built in).
+    /// Volumes: VOLUME:/path[:ro] (create them with `volume create`).
+    #[arg(short, long)]
+    pub volume: Vec<String>,
+    /// Replace the image's entrypoint ("" for none).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// The image: `busybox` (offline, always there), or one pulled or
+    /// imported (`appliance images` lists them).
     pub image: String,
     /// The command and its arguments (after `--`, or after the image).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -77,12 +84,11 @@ impl CreateFlags {
     /// The spec the server creates the container from. `-e KEY` takes
     /// KEY's value from `lookup` (this process's environment).
     pub fn to_spec(&self, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<CreateSpec> {
-        if self.command.is_empty() {
-            bail!(
-                "No command given: appliance run {} -- CMD [ARGS...]",
-                self.image
-            );
-        }
+        let mounts = self
+            .volume
+            .iter()
+            .map(|v| parse_volume(v))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let policies = self
             .policy
             .iter()
@@ -110,8 +116,35 @@ impl CreateFlags {
                 tty: self.tty,
                 open_stdin: self.interactive,
             },
+            entrypoint: self.entrypoint.as_ref().map(|e| {
+                if e.is_empty() {
+                    vec![]
+                } else {
+                    vec![e.clone()]
+                }
+            }),
+            mounts,
         })
     }
+}
+
+/// `VOLUME:/path` or `VOLUME:/path:ro` (or `:rw`).
+pub fn parse_volume(v: &str) -> anyhow::Result<VolumeMount> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (volume, path, read_only) = match parts.as_slice() {
+        [vol, path] => (*vol, *path, false),
+        [vol, path, "ro"] => (*vol, *path, true),
+        [vol, path, "rw"] => (*vol, *path, false),
+        _ => bail!("Invalid volume {v:?}: expected VOLUME:/path or VOLUME:/path:ro"),
+    };
+    if volume.is_empty() || !path.starts_with('/') {
+        bail!("Invalid volume {v:?}: expected VOLUME:/path (an absolute path) or VOLUME:/path:ro");
+    }
+    Ok(VolumeMount {
+        volume: volume.to_string(),
+        path: path.to_string(),
+        read_only,
+    })
 }
 
 /// `KEY=VALUE` as given; a bare `KEY` takes its value from `lookup`, and
@@ -334,12 +367,48 @@ mod tests {
     }
 
     #[test]
+    fn volumes_and_entrypoint_map_to_the_spec() {
+        let s = parse(&[
+            "-v",
+            "data:/var/lib/data",
+            "-v",
+            "conf:/etc/app:ro",
+            "--entrypoint",
+            "",
+            "busybox",
+        ])
+        .flags
+        .to_spec(|_| None)
+        .expect("spec");
+        assert_eq!(
+            s.mounts,
+            [
+                VolumeMount {
+                    volume: "data".into(),
+                    path: "/var/lib/data".into(),
+                    read_only: false
+                },
+                VolumeMount {
+                    volume: "conf".into(),
+                    path: "/etc/app".into(),
+                    read_only: true
+                }
+            ]
+        );
+        assert_eq!(s.entrypoint, Some(vec![]));
+        // No command: the image's own runs.
+        assert!(s.task.args.is_empty());
+    }
+
+    #[test]
     fn bad_input_is_refused_early() {
-        let e = parse(&["busybox"])
-            .flags
-            .to_spec(|_| None)
-            .expect_err("no command");
-        assert!(e.to_string().starts_with("No command given"), "{e}");
+        for bad in ["data", "data:rel/path", ":/x", "data:/x:rx", "a:/b:ro:c"] {
+            let e = parse(&["-v", bad, "busybox"])
+                .flags
+                .to_spec(|_| None)
+                .expect_err("bad volume");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
         let e = parse(&["--stop-signal", "NOPE", "busybox", "true"])
             .flags
             .to_spec(|_| None)

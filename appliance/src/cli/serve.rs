@@ -1,11 +1,10 @@
 //! `appliance serve`: runs the port layer on this host.
 //!
-//! Wires the state directory (database, handle key, client key, images,
-//! container files, socket), the local backend and the REST API together,
+//! Wires the state directory (database, handle key, client key, image and
+//! volume stores, container files, socket), the local backend and the REST API together,
 //! and re-adopts the VMs of containers that were running when a previous
 //! appliance process stopped.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,8 +13,10 @@ use appliance::api::TlsSettings;
 use appliance::backend::local::runtime::LocalBackend;
 use appliance::backend::local::{AccelChoice, BootArtifacts, accel};
 use appliance::handle::HandleKey;
+use appliance::portlayer::events::Events;
 use appliance::portlayer::exec::PortLayer;
 use appliance::portlayer::model::PowerState;
+use appliance::portlayer::storage::{DEFAULT_STORE, Storage};
 use appliance::storage::busybox;
 use appliance::store::Store;
 use clap::Args;
@@ -87,9 +88,11 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
     )
     .await;
     tracing::info!(accel = accel.qemu_name(), "accelerator");
-    let images = HashMap::from([(busybox::IMAGE_NAME.to_string(), ensure_busybox(state)?)]);
-    let backend = LocalBackend::new(state, artifacts, accel, client_key, images);
-    let pl = PortLayer::new(store.clone(), key, backend.clone());
+    let events = Arc::new(Events::new(store.clone()));
+    let storage = Storage::open(store.clone(), events.clone(), state)?;
+    ensure_busybox(&storage)?;
+    let backend = LocalBackend::new(state, artifacts, accel, client_key, storage.clone());
+    let pl = PortLayer::with_storage(store.clone(), events, Some(storage), key, backend.clone());
 
     // VMs outlive the appliance: take back those of running containers.
     let running: Vec<_> = pl
@@ -136,16 +139,18 @@ fn tls_settings(args: &ServeArgs) -> anyhow::Result<Option<TlsSettings>> {
     Ok(Some(TlsSettings::from_pem_files(cert, key, client_ca)?))
 }
 
-/// The built-in busybox image, built on first use.
-pub fn ensure_busybox(state: &Path) -> anyhow::Result<PathBuf> {
-    let dir = state.join("images");
-    let path = dir.join("busybox.ext4");
-    if !path.exists() {
-        std::fs::create_dir_all(&dir)?;
-        eprintln!("appliance: building the busybox image (once)...");
-        busybox::build(&path, 64, &[])?;
+/// The offline busybox image, made from Debian's busybox-static and
+/// imported (as any OCI image layout is) on first use.
+pub fn ensure_busybox(storage: &Storage) -> anyhow::Result<()> {
+    if storage.image(busybox::IMAGE_NAME).is_ok() {
+        return Ok(());
     }
-    Ok(path)
+    eprintln!("appliance: importing the offline busybox image (once)...");
+    let layout = busybox::layout_tar()?;
+    storage
+        .import(&layout[..], DEFAULT_STORE, Some(busybox::IMAGE_NAME))
+        .context("Importing the busybox image")?;
+    Ok(())
 }
 
 /// The appliance's client key for tethers, created on first use.

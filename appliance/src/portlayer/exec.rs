@@ -26,13 +26,22 @@ use tokio::sync::mpsc;
 use super::events::Events;
 use super::filter::{Filter, Filterable};
 use super::model::*;
-use super::policy::{self, Policy, Scope, Target};
+use super::policy::{self, Constraint, Policy, Scope, Target};
+use super::storage::{Storage, StorageError};
 use crate::backend::{Backend, BackendError, BackendEvent};
 use crate::handle::{self, HandleData, HandleKey};
 use crate::store::{ContainerRecord, Store, StoreError, now_ms};
 
 /// Fields a container filter may name.
-pub const CONTAINER_FIELDS: &[&str] = &["id", "name", "state", "image", "exit_code"];
+pub const CONTAINER_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "state",
+    "image",
+    "image_id",
+    "volume",
+    "exit_code",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
@@ -50,6 +59,8 @@ pub enum PortError {
     },
     #[error("Invalid filter")]
     Filter(#[from] super::filter::FilterError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
 }
 
 impl PortError {
@@ -72,6 +83,7 @@ impl PortError {
                 element.clone()
             }
             PortError::Handle(_) => "handle".into(),
+            PortError::Storage(e) => e.element(),
             _ => String::new(),
         }
     }
@@ -90,8 +102,16 @@ pub struct CreateSpec {
     pub stop_timeout_seconds: u32,
     pub labels: BTreeMap<String, String>,
     pub policies: Vec<Policy>,
-    /// The primary task (its id is set to the container id).
+    /// The primary task (its id is set to the container id). Empty `args`
+    /// run the image's entrypoint and command; otherwise `args` replace the
+    /// image's command and follow its entrypoint. The image's env comes
+    /// first (the task's entries win), its working dir and user apply when
+    /// the task gives none.
     pub task: Task,
+    /// Replaces the image's entrypoint (`[]`: none).
+    pub entrypoint: Option<Vec<String>>,
+    /// Volumes to join at creation.
+    pub mounts: Vec<VolumeMount>,
 }
 
 impl Filterable for Container {
@@ -101,8 +121,16 @@ impl Filterable for Container {
             "name" => Some(self.name.clone()),
             "state" => Some(self.state.as_str().into()),
             "image" => Some(self.image.clone()),
+            "image_id" => Some(self.image_id.clone()),
             "exit_code" => self.exit_code.map(|c| c.to_string()),
             _ => None,
+        }
+    }
+
+    fn values(&self, name: &str) -> Vec<String> {
+        match name {
+            "volume" => self.mounts.iter().map(|m| m.volume.clone()).collect(),
+            _ => self.field(name).into_iter().collect(),
         }
     }
 
@@ -114,6 +142,9 @@ impl Filterable for Container {
 pub struct PortLayer {
     pub store: Arc<Store>,
     pub events: Arc<Events>,
+    /// The storage component; without it, images are taken as given and
+    /// volumes cannot be joined (tests of the engine alone).
+    pub storage: Option<Arc<Storage>>,
     key: HandleKey,
     backend: Arc<dyn Backend>,
 }
@@ -143,11 +174,59 @@ fn to_record(c: &Container) -> Result<ContainerRecord, PortError> {
         body: serde_json::to_value(c).map_err(StoreError::from)?,
         created_at: c.created_at,
         updated_at: now_ms(),
+        uses: c.uses(),
     })
 }
 
 fn task_element(c: &str, t: &str) -> String {
     format!("{c}/task/{t}")
+}
+
+/// Fills a creation from the image's config, as `docker run` does.
+fn apply_image_config(spec: &mut CreateSpec, img: &crate::storage::model::ImageConfig) {
+    let entrypoint = spec
+        .entrypoint
+        .take()
+        .unwrap_or_else(|| img.entrypoint.clone());
+    let cmd = if spec.task.args.is_empty() {
+        img.cmd.clone()
+    } else {
+        std::mem::take(&mut spec.task.args)
+    };
+    spec.task.args = entrypoint.into_iter().chain(cmd).collect();
+    let key = |e: &str| e.split('=').next().unwrap_or_default().to_string();
+    let mut env: Vec<String> = img
+        .env
+        .iter()
+        .filter(|e| !spec.task.env.iter().any(|t| key(t) == key(e)))
+        .cloned()
+        .collect();
+    env.append(&mut spec.task.env);
+    spec.task.env = env;
+    if spec.task.working_dir.is_empty() {
+        spec.task.working_dir.clone_from(&img.working_dir);
+    }
+    if spec.task.user.is_empty() {
+        spec.task.user.clone_from(&img.user);
+    }
+    if spec.stop_signal == 0 && !img.stop_signal.is_empty() {
+        let name = img.stop_signal.to_ascii_uppercase();
+        let name = if name.starts_with("SIG") {
+            name
+        } else {
+            format!("SIG{name}")
+        };
+        spec.stop_signal = img
+            .stop_signal
+            .parse::<i32>()
+            .ok()
+            .or_else(|| {
+                name.parse::<nix::sys::signal::Signal>()
+                    .ok()
+                    .map(|s| s as i32)
+            })
+            .unwrap_or(0);
+    }
 }
 
 /// A side effect a commit performs after its new state is stored.
@@ -163,9 +242,21 @@ enum Action {
 impl PortLayer {
     pub fn new(store: Arc<Store>, key: HandleKey, backend: Arc<dyn Backend>) -> Arc<Self> {
         let events = Arc::new(Events::new(store.clone()));
+        Self::with_storage(store, events, None, key, backend)
+    }
+
+    /// The port layer with its storage component (sharing `events`).
+    pub fn with_storage(
+        store: Arc<Store>,
+        events: Arc<Events>,
+        storage: Option<Arc<Storage>>,
+        key: HandleKey,
+        backend: Arc<dyn Backend>,
+    ) -> Arc<Self> {
         let pl = Arc::new(Self {
             store,
             events,
+            storage,
             key,
             backend: backend.clone(),
         });
@@ -211,16 +302,35 @@ impl PortLayer {
     }
 
     /// A handle for a new container. Nothing exists until it is committed.
-    pub fn create(&self, spec: CreateSpec) -> Result<(String, String), PortError> {
+    pub fn create(&self, mut spec: CreateSpec) -> Result<(String, String), PortError> {
         let id = new_id();
+        if spec.image.is_empty() {
+            return Err(PortError::invalid("image", "An image is required"));
+        }
+        let mut image_id = String::new();
+        if let Some(storage) = &self.storage {
+            let img = storage.image(&spec.image)?;
+            image_id.clone_from(&img.id);
+            apply_image_config(&mut spec, &img.config);
+        } else if let Some(ep) = spec.entrypoint.take() {
+            spec.task.args = ep.into_iter().chain(spec.task.args).collect();
+        }
         if spec.task.args.is_empty() {
             return Err(PortError::invalid(
                 "task.args",
-                "The primary task needs a command",
+                "The primary task needs a command (the image has none)",
             ));
         }
-        if spec.image.is_empty() {
-            return Err(PortError::invalid("image", "An image is required"));
+        let mut mounts: Vec<VolumeMount> = Vec::new();
+        for m in std::mem::take(&mut spec.mounts) {
+            let m = self.check_mount(m, &[])?;
+            if mounts.iter().any(|o| o.path == m.path) {
+                return Err(PortError::invalid(
+                    &m.path,
+                    "Two volumes are mounted at this path",
+                ));
+            }
+            mounts.push(m);
         }
         for p in &spec.policies {
             p.validate(Scope::Create, Target::Container)
@@ -240,6 +350,8 @@ impl PortLayer {
             id: id.clone(),
             name,
             image: spec.image,
+            image_id,
+            mounts,
             hostname: if spec.hostname.is_empty() {
                 id[..12].to_string()
             } else {
@@ -291,6 +403,62 @@ impl PortLayer {
     pub fn get_handle(&self, id: &str) -> Result<String, PortError> {
         let rec = self.store.resolve_container(id)?;
         self.seal(&rec.id, rec.version, &[])
+    }
+
+    /// Checks a volume mount: the volume exists, the path is a clean
+    /// absolute path, and the policies apply to a volume at join (a
+    /// `read-only` one makes the mount read-only).
+    fn check_mount(
+        &self,
+        mut m: VolumeMount,
+        policies: &[Policy],
+    ) -> Result<VolumeMount, PortError> {
+        let Some(storage) = &self.storage else {
+            return Err(PortError::invalid(
+                &m.volume,
+                "This port layer has no storage component",
+            ));
+        };
+        storage.volume(&m.volume)?;
+        let clean = m.path.starts_with('/')
+            && m.path != "/"
+            && m.path
+                .split('/')
+                .skip(1)
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !clean {
+            return Err(PortError::invalid(
+                &m.path,
+                "A volume's mount path must be absolute, not /, with no empty, . or .. parts",
+            ));
+        }
+        for p in policies {
+            p.validate(Scope::Join, Target::Volume)
+                .map_err(|source| PortError::Policy {
+                    element: m.volume.clone(),
+                    source,
+                })?;
+            if p.constraint == Constraint::ReadOnly {
+                m.read_only = true;
+            }
+        }
+        Ok(m)
+    }
+
+    /// Joins a volume to the container, mounted at `mount.path`.
+    pub fn volume_join(
+        &self,
+        h: &str,
+        mount: VolumeMount,
+        policies: &[Policy],
+    ) -> Result<String, PortError> {
+        let mount = self.check_mount(mount, policies)?;
+        self.push(h, Change::VolumeJoin { mount })
+    }
+
+    /// Removes the volume mounted at `path` from the container.
+    pub fn volume_leave(&self, h: &str, path: &str) -> Result<String, PortError> {
+        self.push(h, Change::VolumeLeave { path: path.into() })
     }
 
     pub fn task_join(&self, h: &str, task: Task) -> Result<String, PortError> {
@@ -494,6 +662,42 @@ impl PortLayer {
                 }
                 results.insert(id, ok("Labels changed"));
             }
+            Change::VolumeJoin { mount } => {
+                let el = format!("{id}/volume/{}", mount.volume);
+                if let Some(m) = c.mounts.iter().find(|m| m.path == mount.path) {
+                    if m == mount {
+                        results.insert(el, noop("Volume already joined"));
+                        return Ok(());
+                    }
+                    return Err(PortError::invalid(
+                        &el,
+                        format!("Volume {} is already mounted at {}", m.volume, m.path),
+                    ));
+                }
+                if matches!(c.state, PowerState::Running | PowerState::Paused) {
+                    return Err(PortError::invalid(
+                        &el,
+                        "Volumes join stopped containers only: stop the container first",
+                    ));
+                }
+                c.mounts.push(mount.clone());
+                results.insert(el, ok("Joined"));
+            }
+            Change::VolumeLeave { path } => {
+                let Some(i) = c.mounts.iter().position(|m| m.path == *path) else {
+                    results.insert(format!("{id}/volume"), noop("No volume at this path"));
+                    return Ok(());
+                };
+                let el = format!("{id}/volume/{}", c.mounts[i].volume);
+                if matches!(c.state, PowerState::Running | PowerState::Paused) {
+                    return Err(PortError::invalid(
+                        &el,
+                        "Volumes leave stopped containers only: stop the container first",
+                    ));
+                }
+                c.mounts.remove(i);
+                results.insert(el, ok("Left"));
+            }
             Change::TaskJoin { task } => {
                 let el = task_element(&id, &task.id);
                 if let Some(t) = c.tasks.get(&task.id) {
@@ -613,6 +817,26 @@ impl PortLayer {
                                 source,
                             }
                         })?;
+                        // A volume's disk is one filesystem: one writer, or
+                        // only readers, at a time.
+                        for m in &c.mounts {
+                            for p in &peers {
+                                if let Some(o) = p.mounts.iter().find(|o| o.volume == m.volume)
+                                    && !(m.read_only && o.read_only)
+                                {
+                                    return Err(PortError::invalid(
+                                        &format!("{}/volume/{}", c.id, m.volume),
+                                        format!(
+                                            "Volume {} is in use by running container {} ({}); \
+                                             it can be shared only read-only by all",
+                                            m.volume,
+                                            p.name,
+                                            &p.id[..12.min(p.id.len())]
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
                         c.state = P::Running;
                         c.exit_code = None;
                         c.error.clear();
@@ -915,7 +1139,19 @@ impl PortLayer {
     /// Removes a container. A running one is refused unless `force`, which
     /// kills it first.
     pub async fn remove(&self, id: &str, force: bool) -> Result<(), PortError> {
-        let c = self.inspect(id)?;
+        let mut c = self.inspect(id)?;
+        // A container whose primary task has exited is powering off: its
+        // VM is flushing and unmounting its disks. Killing it now could
+        // lose what was just written to a volume, so give it time.
+        let primary_done = c.tasks.get(&c.id).is_some_and(|t| t.state == "exited");
+        if c.state == PowerState::Running && primary_done {
+            let mut rx = self.events.subscribe();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while c.state == PowerState::Running && tokio::time::Instant::now() < deadline {
+                let _ = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
+                c = self.inspect(&c.id)?;
+            }
+        }
         if matches!(c.state, PowerState::Running | PowerState::Paused) {
             if !force {
                 return Err(PortError::invalid(

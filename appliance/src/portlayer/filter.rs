@@ -54,6 +54,13 @@ pub trait Filterable {
     /// `None` when the element has no such field or it is unset.
     fn field(&self, name: &str) -> Option<String>;
 
+    /// All values of a field that can hold several (an image's names, the
+    /// volumes a container uses): `key=value` matches when any of them
+    /// does, `key!=value` when none does. Defaults to the one `field`.
+    fn values(&self, name: &str) -> Vec<String> {
+        self.field(name).into_iter().collect()
+    }
+
     /// The value of a label, looked up by its full key: `app` for
     /// `label.app`, `system.hidden` for `system.hidden`.
     fn label(&self, key: &str) -> Option<&str>;
@@ -207,18 +214,14 @@ impl Term {
 
     /// Whether `element` satisfies this term.
     pub fn matches(&self, element: &dyn Filterable) -> bool {
-        let value: Option<std::borrow::Cow<'_, str>> = match &self.key {
-            Key::Field(name) => element.field(name).map(Into::into),
-            Key::Label(key) => element.label(key).map(Into::into),
+        let values: Vec<std::borrow::Cow<'_, str>> = match &self.key {
+            Key::Field(name) => element.values(name).into_iter().map(Into::into).collect(),
+            Key::Label(key) => element.label(key).map(Into::into).into_iter().collect(),
         };
-        let any = |alts: &[Pattern]| {
-            value
-                .as_deref()
-                .is_some_and(|v| alts.iter().any(|p| p.matches(v)))
-        };
+        let any = |alts: &[Pattern]| values.iter().any(|v| alts.iter().any(|p| p.matches(v)));
         let present = match &self.key {
-            Key::Field(_) => value.as_deref().is_some_and(|v| !v.is_empty()),
-            Key::Label(_) => value.is_some(),
+            Key::Field(_) => values.iter().any(|v| !v.is_empty()),
+            Key::Label(_) => !values.is_empty(),
         };
         match &self.condition {
             Condition::Present => present,

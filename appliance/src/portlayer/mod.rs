@@ -3,3 +3,4 @@ pub mod exec;
 pub mod filter;
 pub mod model;
 pub mod policy;
+pub mod storage;

@@ -74,13 +74,32 @@ pub enum TargetState {
     Paused,
 }
 
+/// A volume joined to a container, mounted at `path` in it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The volume's name.
+    pub volume: String,
+    /// Absolute path in the container.
+    pub path: String,
+    /// Mounted read-only in the guest (from a `read-only` policy on the
+    /// join, or this flag).
+    pub read_only: bool,
+}
+
 /// Everything the port layer keeps about one container (stored as JSON).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(default)]
 pub struct Container {
     pub id: String,
     pub name: String,
+    /// The image as the caller named it.
     pub image: String,
+    /// The image it was made from ("sha256:..."); empty for containers made
+    /// without a storage component (tests of the engine alone).
+    pub image_id: String,
+    /// Volumes joined to it.
+    pub mounts: Vec<VolumeMount>,
     pub hostname: String,
     pub memory_mib: u32,
     pub cpus: u32,
@@ -98,6 +117,18 @@ pub struct Container {
     pub finished_at: i64,
     /// Change version (for optimistic concurrency), from the store.
     pub version: u64,
+}
+
+impl Container {
+    /// The images and volumes it holds on to.
+    pub fn uses(&self) -> Vec<crate::store::Use> {
+        use crate::store::Use;
+        let image = (!self.image_id.is_empty()).then(|| Use::Image(self.image_id.clone()));
+        image
+            .into_iter()
+            .chain(self.mounts.iter().map(|m| Use::Volume(m.volume.clone())))
+            .collect()
+    }
 }
 
 /// One pending change in a handle.
@@ -129,6 +160,12 @@ pub enum Change {
     Labels {
         set: BTreeMap<String, String>,
         remove: Vec<String>,
+    },
+    VolumeJoin {
+        mount: VolumeMount,
+    },
+    VolumeLeave {
+        path: String,
     },
 }
 

@@ -29,6 +29,76 @@ pub struct ContainerRecord {
     /// Unix ms, as given by the caller.
     pub created_at: i64,
     pub updated_at: i64,
+    /// The images and volumes the container uses. Written with the record
+    /// (each must exist, or the write fails with `NotFound`); not read back:
+    /// ask `users_of`.
+    pub uses: Vec<Use>,
+}
+
+/// Something a container holds on to, which must not go while it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Use {
+    /// An image id ("sha256:...").
+    Image(String),
+    /// A volume name.
+    Volume(String),
+}
+
+impl Use {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Use::Image(_) => "image",
+            Use::Volume(_) => "volume",
+        }
+    }
+
+    pub fn element(&self) -> &str {
+        match self {
+            Use::Image(e) | Use::Volume(e) => e,
+        }
+    }
+}
+
+/// Replaces the container's uses, checking each one exists.
+fn write_uses(tx: &Transaction<'_>, id: &str, uses: &[Use]) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM container_uses WHERE container = ?1", [id])?;
+    for u in uses {
+        let sql = match u {
+            Use::Image(_) => "SELECT 1 FROM images WHERE id = ?1",
+            Use::Volume(_) => "SELECT 1 FROM volumes WHERE name = ?1",
+        };
+        if tx
+            .query_row(sql, [u.element()], |_| Ok(()))
+            .optional()?
+            .is_none()
+        {
+            return Err(StoreError::NotFound {
+                kind: u.kind(),
+                id: u.element().to_string(),
+            });
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO container_uses (container, kind, element) VALUES (?1, ?2, ?3)",
+            params![id, u.kind(), u.element()],
+        )?;
+    }
+    Ok(())
+}
+
+/// The containers that use `what`, as "name (id12)", oldest first.
+pub(crate) fn users_of(tx: &Transaction<'_>, what: &Use) -> Result<Vec<String>, StoreError> {
+    let mut stmt = tx.prepare(
+        "SELECT c.name, c.id FROM container_uses u JOIN containers c ON c.id = u.container
+         WHERE u.kind = ?1 AND u.element = ?2 ORDER BY c.created_at, c.id",
+    )?;
+    let users = stmt
+        .query_map(params![what.kind(), what.element()], |r| {
+            let name: String = r.get(0)?;
+            let id: String = r.get(1)?;
+            Ok(format!("{name} ({})", &id[..id.len().min(12)]))
+        })?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(users)
 }
 
 const COLUMNS: &str = "id, name, version, state, labels, body, created_at, updated_at";
@@ -69,6 +139,7 @@ impl Raw {
             state: self.state,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            uses: vec![],
         })
     }
 }
@@ -163,6 +234,7 @@ impl Store {
                     rec.updated_at
                 ],
             )?;
+            write_uses(tx, &rec.id, &rec.uses)?;
             Ok(1)
         })
     }
@@ -200,6 +272,11 @@ impl Store {
                 }),
             }
         })
+    }
+
+    /// The ids of the containers that use `what`.
+    pub fn container_users(&self, what: &Use) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| users_of(tx, what))
     }
 
     /// Every container, oldest first.
@@ -250,6 +327,7 @@ impl Store {
                     version_to_db(current)
                 ],
             )?;
+            write_uses(tx, &rec.id, &rec.uses)?;
             Ok(next)
         })
     }
@@ -292,6 +370,7 @@ mod tests {
             body: json!({"image": "busybox", "count": 0}),
             created_at: 1_000,
             updated_at: 1_000,
+            uses: vec![],
         }
     }
 

@@ -74,6 +74,52 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX operations_state ON operations (state);
     "#,
+    // 2: storage: image stores and images (with their names), volume stores
+    // and volumes, and what each container uses.
+    r#"
+    CREATE TABLE image_stores (
+        name        TEXT PRIMARY KEY,
+        path        TEXT NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE images (
+        id          TEXT PRIMARY KEY,   -- "sha256:<config digest>"
+        store       TEXT NOT NULL REFERENCES image_stores (name),
+        body        TEXT NOT NULL,      -- JSON: the storage component's record
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+
+    -- Normalised references ("docker.io/library/busybox:latest").
+    CREATE TABLE image_names (
+        name        TEXT PRIMARY KEY,
+        image       TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE
+    ) STRICT;
+    CREATE INDEX image_names_image ON image_names (image);
+
+    CREATE TABLE volume_stores (
+        name        TEXT PRIMARY KEY,
+        path        TEXT NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE volumes (
+        name        TEXT PRIMARY KEY,
+        store       TEXT NOT NULL REFERENCES volume_stores (name),
+        body        TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+
+    -- Kept by container inserts and updates: deleting an image or a volume
+    -- checks it in the same transaction, so neither can go while in use.
+    CREATE TABLE container_uses (
+        container   TEXT NOT NULL REFERENCES containers (id) ON DELETE CASCADE,
+        kind        TEXT NOT NULL CHECK (kind IN ('image', 'volume')),
+        element     TEXT NOT NULL,
+        PRIMARY KEY (container, kind, element)
+    ) STRICT;
+    CREATE INDEX container_uses_element ON container_uses (kind, element);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -4,8 +4,8 @@
 //!
 //! Owns the connection, its settings (WAL, busy timeout, foreign keys), the
 //! error type and the read/write transaction helpers. The tables belong to
-//! the job modules: `containers`, `events`, `kv`, `diagnostics`; their shape
-//! to `migrate`. This module is schema-agnostic about what a container is:
+//! the job modules: `containers`, `events`, `kv`, `diagnostics`, `storage`;
+//! their shape to `migrate`. This module is schema-agnostic about what a container is:
 //! the port layer stores its typed config as JSON. It must not know about
 //! handles, backends or REST.
 //!
@@ -19,6 +19,7 @@ mod diagnostics;
 mod events;
 mod kv;
 mod migrate;
+mod storage;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -26,10 +27,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-pub use containers::{ContainerRecord, MIN_PREFIX};
+pub use containers::{ContainerRecord, MIN_PREFIX, Use};
 pub use diagnostics::{ErrorQuery, ErrorRecord, OpState, Operation};
 pub use events::EventRecord;
 pub use migrate::SCHEMA_VERSION;
+pub use storage::{ImageRecord, StoreDir, StoreKind, VolumeRecord};
 
 /// The database's file name inside the state directory.
 pub const DB_FILE: &str = "state.db";
@@ -58,6 +60,13 @@ pub enum StoreError {
         id: String,
         base: u64,
         current: u64,
+    },
+    /// Deleting something a container still uses.
+    #[error("{} {id} is in use by container {}", capitalised(.kind), .by.join(", "))]
+    InUse {
+        kind: &'static str,
+        id: String,
+        by: Vec<String>,
     },
     #[error("Operation {id} already finished as {state}")]
     AlreadyFinished { id: String, state: OpState },

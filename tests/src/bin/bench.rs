@@ -79,6 +79,7 @@ async fn commits() -> anyhow::Result<()> {
             body: serde_json::json!({ "image": "busybox", "tasks": {} }),
             created_at: 0,
             updated_at: 0,
+            uses: vec![],
         };
         let v = store.insert_container(&rec)?;
         rec.body["tasks"] = serde_json::json!({ "a": {}, "b": {} });
@@ -250,6 +251,14 @@ async fn run_to_output(bare: Duration) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `bench storage` runs only the storage benchmarks.
+    if std::env::args().nth(1).as_deref() == Some("storage") {
+        return tokio::task::spawn_blocking(|| -> anyhow::Result<()> {
+            tests::bench_storage::pull_vs_skopeo()?;
+            tests::bench_storage::create_small_vs_big()
+        })
+        .await?;
+    }
     commits().await?;
     let art = artifacts();
     let choice: AccelChoice = std::env::var("APPLIANCE_ACCEL")
@@ -334,5 +343,10 @@ async fn main() -> anyhow::Result<()> {
     );
     run_to_output(b).await?;
     throughput(accel).await?;
+    tokio::task::spawn_blocking(|| -> anyhow::Result<()> {
+        tests::bench_storage::pull_vs_skopeo()?;
+        tests::bench_storage::create_small_vs_big()
+    })
+    .await??;
     Ok(())
 }

@@ -133,14 +133,34 @@ fn mount_one(sys: &dyn Syscall, index: usize, m: &Mount) -> Result<(), BootError
         source,
     };
     let fs = (!bind).then_some(fstype.as_str());
-    sys.mount(
+    let mounted = sys.mount(
         Some(&device),
         target,
         fs,
         options.flags,
         options.data.as_deref(),
-    )
-    .map_err(mount_err)?;
+    );
+    match mounted {
+        // A read-only ext4 disk whose journal still holds a crashed
+        // writer's transactions cannot be replayed: mount it as it is.
+        Err(e)
+            if e.raw_os_error() == Some(libc::EROFS)
+                && block
+                && fstype.starts_with("ext")
+                && options.flags.contains(MsFlags::MS_RDONLY) =>
+        {
+            crate::info!(
+                "{device}: journal not clean and the disk is read-only; mounting without it"
+            );
+            let data = match options.data.as_deref() {
+                Some(d) if !d.is_empty() => format!("{d},noload"),
+                _ => "noload".to_owned(),
+            };
+            sys.mount(Some(&device), target, fs, options.flags, Some(&data))
+                .map_err(mount_err)?;
+        }
+        other => other.map_err(mount_err)?,
+    }
     if bind && options.flags.contains(MsFlags::MS_RDONLY) {
         // A bind mount takes its flags only on remount.
         let flags = (options.flags - MsFlags::MS_REC) | MsFlags::MS_REMOUNT;
@@ -230,6 +250,40 @@ mod tests {
                 data: None
             }
         );
+    }
+
+    #[test]
+    fn a_read_only_disk_with_a_dirty_journal_mounts_without_it() {
+        let sys = RecordingSyscall::new();
+        sys.add_file("/sys/block/vdb/serial", "vol-1");
+        // The kernel refuses the first try: the journal needs a replay it
+        // cannot write.
+        sys.fail_when(|c| matches!(c, Call::Mount { data: None, .. }), libc::EROFS);
+        let m = Mount {
+            source: "serial:vol-1".into(),
+            target: "/data".into(),
+            read_only: true,
+            ..Default::default()
+        };
+        mount_volumes_with(&sys, &spec(vec![m])).unwrap();
+        let data: Vec<_> = mounts(&sys)
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Mount { data, .. } => Some(data),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data, [None, Some("noload".to_string())]);
+        // A writable mount gets no such second try.
+        let sys = RecordingSyscall::new();
+        sys.add_file("/sys/block/vdb/serial", "vol-1");
+        sys.fail_when(|c| matches!(c, Call::Mount { .. }), libc::EROFS);
+        let m = Mount {
+            source: "serial:vol-1".into(),
+            target: "/data".into(),
+            ..Default::default()
+        };
+        assert!(mount_volumes_with(&sys, &spec(vec![m])).is_err());
     }
 
     #[test]

@@ -21,9 +21,9 @@ use super::accel::Accel;
 use super::artifacts::BootArtifacts;
 use super::qemu::{Vm, read_lossy};
 use super::qmp::Qmp;
-use super::vm::{self, VmOptions};
+use super::vm::{self, VmOptions, VolumeDisk};
 use crate::backend::{
-    AttachInput, AttachOutput, AttachStream, Backend, BackendError, BackendEvent, Events,
+    AttachInput, AttachOutput, AttachStream, Backend, BackendError, BackendEvent, Disks, Events,
 };
 use crate::interaction::logs::LogWriter;
 use crate::interaction::persist;
@@ -44,8 +44,8 @@ pub struct LocalBackend {
     artifacts: BootArtifacts,
     accel: Accel,
     key: PrivateKey,
-    /// Image name → base disk.
-    images: HashMap<String, PathBuf>,
+    /// Image and volume disks, from the storage component.
+    disks: Arc<dyn Disks>,
     running: Mutex<HashMap<String, Arc<Running>>>,
     events: Mutex<Option<Events>>,
     me: Weak<LocalBackend>,
@@ -99,14 +99,14 @@ impl LocalBackend {
         artifacts: BootArtifacts,
         accel: Accel,
         key: PrivateKey,
-        images: HashMap<String, PathBuf>,
+        disks: Arc<dyn Disks>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             state: state.to_path_buf(),
             artifacts,
             accel,
             key,
-            images,
+            disks,
             running: Mutex::new(HashMap::new()),
             events: Mutex::new(None),
             me: me.clone(),
@@ -311,20 +311,33 @@ impl LocalBackend {
 impl Backend for LocalBackend {
     async fn create(&self, c: &Container) -> Result<(), BackendError> {
         let base = self
-            .images
-            .get(&c.image)
-            .ok_or_else(|| BackendError::failed(&c.id, format!("Image {:?} not found", c.image)))?;
+            .disks
+            .image_disk(&c.image_id)
+            .map_err(|e| BackendError::failed(&c.id, e))?;
         let dir = self.dir(&c.id);
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| BackendError::failed(&c.id, e))?;
-        crate::storage::disk::overlay(base, &dir.join("root.qcow2"))
+        crate::storage::disk::overlay(&base, &dir.join("root.qcow2"))
             .map_err(|e| BackendError::failed(&c.id, e))
     }
 
     async fn start(&self, c: &Container) -> Result<(), BackendError> {
         let base = self
-            .images
-            .get(&c.image)
-            .ok_or_else(|| BackendError::failed(&c.id, format!("Image {:?} not found", c.image)))?;
+            .disks
+            .image_disk(&c.image_id)
+            .map_err(|e| BackendError::failed(&c.id, e))?;
+        let mut volumes = Vec::new();
+        for m in &c.mounts {
+            let (path, serial) = self
+                .disks
+                .volume_disk(&m.volume)
+                .map_err(|e| BackendError::failed(&c.id, e))?;
+            volumes.push(VolumeDisk {
+                path,
+                serial,
+                target: m.path.clone(),
+                read_only: m.read_only,
+            });
+        }
         let primary = c
             .tasks
             .get(&c.id)
@@ -343,13 +356,8 @@ impl Backend for LocalBackend {
                 );
             }
         }
-        let mut opts = VmOptions::new(
-            &c.id,
-            self.artifacts.clone(),
-            base.clone(),
-            dir.clone(),
-            primary,
-        );
+        let mut opts = VmOptions::new(&c.id, self.artifacts.clone(), base, dir.clone(), primary);
+        opts.volumes = volumes;
         opts.hostname.clone_from(&c.hostname);
         opts.accel = self.accel;
         opts.memory_mib = c.memory_mib;

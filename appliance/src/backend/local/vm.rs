@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use prost::Message;
-use proto::v1::{ChannelSpec, ContainerSpec, Keys, RootFs, SessionSpec, channel_spec::Kind};
+use proto::v1::{ChannelSpec, ContainerSpec, Keys, Mount, RootFs, SessionSpec, channel_spec::Kind};
 use russh::keys::{PrivateKey, PublicKey};
 
 use super::accel::Accel;
@@ -73,6 +73,20 @@ pub struct VmOptions {
     pub detached: bool,
     /// Further virtio-serial ports: (name in the guest, host socket).
     pub extra_ports: Vec<(String, PathBuf)>,
+    /// Volume disks, mounted by the tether in order.
+    pub volumes: Vec<VolumeDisk>,
+}
+
+/// A volume's disk and where the container sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDisk {
+    /// Raw ext4 file.
+    pub path: PathBuf,
+    /// virtio-blk serial the tether finds it by (at most 20 bytes).
+    pub serial: String,
+    /// Absolute path in the container.
+    pub target: String,
+    pub read_only: bool,
 }
 
 impl VmOptions {
@@ -98,6 +112,7 @@ impl VmOptions {
             qemu: "qemu-system-x86_64".into(),
             detached: false,
             extra_ports: vec![],
+            volumes: vec![],
         }
     }
 }
@@ -138,6 +153,17 @@ pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmEr
             authorized_key: keys::public_openssh(client_key)
                 .map_err(|e| VmError::Keys(id.clone(), e))?,
         }),
+        mounts: opts
+            .volumes
+            .iter()
+            .map(|v| Mount {
+                source: format!("serial:{}", v.serial),
+                target: v.target.clone(),
+                fstype: "ext4".into(),
+                options: String::new(),
+                read_only: v.read_only,
+            })
+            .collect(),
         linger_seconds: opts.linger_seconds,
         channel: Some(ChannelSpec {
             kind: Kind::VirtioSerial as i32,
@@ -181,12 +207,19 @@ pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmEr
         spec_file,
         channel_socket: w.join("tether.sock"),
         console_log: w.join("console.log"),
-        disks: vec![Disk {
+        disks: std::iter::once(Disk {
             path: root,
             serial: "rootfs".into(),
             format: "qcow2".into(),
             read_only: false,
-        }],
+        })
+        .chain(opts.volumes.iter().map(|v| Disk {
+            path: v.path.clone(),
+            serial: v.serial.clone(),
+            format: "raw".into(),
+            read_only: v.read_only,
+        }))
+        .collect(),
         qmp_socket: Some(w.join("qmp.sock")),
         extra_ports: opts.extra_ports.clone(),
     };

@@ -1,0 +1,516 @@
+//! The `storage` component over REST: image stores and images, volume
+//! stores and volumes, and joining volumes to containers through handles.
+//!
+//! Owns the routes under `/storage`. Image references contain `/`, so an
+//! image is addressed as the rest of the path (`/storage/images/{*image}`);
+//! the verbs that act on images by name take it in the body. Pulls stream
+//! their progress as JSON lines; imports take the archive as the request
+//! body, streamed. Must not hold storage logic: that is
+//! `portlayer::storage`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::ApiState;
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::exec::{HandleBody, Policy};
+use super::extract::{JsonBody, PathArgs, QueryArgs};
+use crate::portlayer::exec::PortError;
+use crate::portlayer::model::VolumeMount;
+use crate::portlayer::storage::{PullEvent, PullSpec, Storage, VolumeSpec};
+use crate::storage::model::{Image, StoreUsage, Volume};
+use crate::store::StoreKind;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/storage/images", get(list_images))
+        .route("/storage/images/pull", post(pull))
+        .route("/storage/images/import", post(import))
+        .route("/storage/images/tag", post(tag))
+        .route(
+            "/storage/images/{*image}",
+            get(inspect_image).delete(remove_image),
+        )
+        .route(
+            "/storage/image-stores",
+            get(image_stores).post(add_image_store),
+        )
+        .route("/storage/volumes", get(list_volumes).post(create_volume))
+        .route(
+            "/storage/volumes/{name}",
+            get(inspect_volume).delete(remove_volume),
+        )
+        .route(
+            "/storage/volume-stores",
+            get(volume_stores).post(add_volume_store),
+        )
+        .route("/storage/handles/volume-join", post(volume_join))
+        .route("/storage/handles/volume-leave", post(volume_leave))
+}
+
+fn storage(s: &ApiState) -> Result<Arc<Storage>, ApiError> {
+    s.pl.storage.clone().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            "storage",
+            "This appliance has no storage component",
+        )
+    })
+}
+
+#[derive(Deserialize, Debug, Default, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImageListQuery {
+    /// Filterspec over `id`, `name` (any of its names), `store`,
+    /// `created_at` and `label.<key>` (the image's labels).
+    pub filter: String,
+}
+
+#[derive(Deserialize, Debug, Default, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VolumeListQuery {
+    /// Filterspec over `name`, `store`, `fstype`, `size_mib` and
+    /// `label.<key>`.
+    pub filter: String,
+}
+
+/// Lists images.
+#[utoipa::path(
+    get, path = "/storage/images", tag = "storage", operation_id = "storage_list_images",
+    params(ImageListQuery),
+    responses(
+        (status = 200, description = "The matching images, with the containers using each", body = Vec<Image>),
+        (status = 400, description = "Invalid filter (INVALID_ARGUMENT)", body = ErrorBody),
+    )
+)]
+pub async fn list_images(
+    State(s): State<ApiState>,
+    QueryArgs(q): QueryArgs<ImageListQuery>,
+) -> Result<axum::Json<Vec<Image>>, ApiError> {
+    Ok(axum::Json(storage(&s)?.images(&q.filter)?))
+}
+
+/// One image, by id, unique id prefix or reference.
+#[utoipa::path(
+    get, path = "/storage/images/{image}", tag = "storage", operation_id = "storage_inspect_image",
+    params(("image" = String, Path, description = "Id, id prefix or reference (`busybox`, `host:5000/a/b:v1`)")),
+    responses(
+        (status = 200, description = "The image", body = Image),
+        (status = 404, description = "No such image (NOT_FOUND)", body = ErrorBody),
+    )
+)]
+pub async fn inspect_image(
+    State(s): State<ApiState>,
+    PathArgs(image): PathArgs<String>,
+) -> Result<axum::Json<Image>, ApiError> {
+    Ok(axum::Json(storage(&s)?.image(&image)?))
+}
+
+/// What `DELETE /storage/images/{image}` removed.
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+pub struct Removed {
+    /// Names untagged and image ids deleted.
+    pub removed: Vec<String>,
+}
+
+/// Removes an image as `rmi` does: a name of an image that has other names
+/// is only untagged; otherwise the image, its disk and its unshared blobs
+/// go. Refused while a container uses the image (IN_USE names it).
+#[utoipa::path(
+    delete, path = "/storage/images/{image}", tag = "storage", operation_id = "storage_remove_image",
+    params(("image" = String, Path, description = "Id, id prefix or reference")),
+    responses(
+        (status = 200, description = "What was removed", body = Removed),
+        (status = 404, description = "No such image (NOT_FOUND)", body = ErrorBody),
+        (status = 409, description = "A container uses it (IN_USE)", body = ErrorBody),
+    )
+)]
+pub async fn remove_image(
+    State(s): State<ApiState>,
+    PathArgs(image): PathArgs<String>,
+) -> Result<axum::Json<Removed>, ApiError> {
+    let st = storage(&s)?;
+    let removed = tokio::task::spawn_blocking(move || st.remove_image(&image))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    Ok(axum::Json(Removed { removed }))
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagRequest {
+    /// The image: id, id prefix or reference.
+    pub image: String,
+    /// The new name ("repo:tag"; moved from any image that has it).
+    pub name: String,
+}
+
+/// Gives an image another name.
+#[utoipa::path(
+    post, path = "/storage/images/tag", tag = "storage", operation_id = "storage_tag_image",
+    request_body = TagRequest,
+    responses(
+        (status = 200, description = "The image, with its names", body = Image),
+        (status = 404, description = "No such image (NOT_FOUND)", body = ErrorBody),
+    )
+)]
+pub async fn tag(
+    State(s): State<ApiState>,
+    JsonBody(r): JsonBody<TagRequest>,
+) -> Result<axum::Json<Image>, ApiError> {
+    Ok(axum::Json(storage(&s)?.tag(&r.image, &r.name)?))
+}
+
+/// The last line of a pull's stream.
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum PullEnd {
+    Done { image: Box<Image> },
+    Error { error: ErrorBody },
+}
+
+#[derive(Deserialize, Debug, Default, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PullQuery {
+    /// Answer once, with the image (or the error and its status), instead
+    /// of streaming progress.
+    pub wait: bool,
+}
+
+/// Pulls an image from its registry. Plain HTTP is used only for
+/// registries on loopback addresses or when `insecure` is set. Every blob
+/// is verified against its digest; the image is listed only once its disk
+/// is built. Streams JSON lines (`application/x-ndjson`): `resolved`,
+/// `layer`, `layer-done`, `building`, then `done` with the image or
+/// `error` with an error body. With `?wait=true`, answers once.
+#[utoipa::path(
+    post, path = "/storage/images/pull", tag = "storage", operation_id = "storage_pull",
+    params(PullQuery),
+    request_body = PullSpec,
+    responses(
+        (status = 200, description = "Progress lines then `done` or `error` (or, with wait, the image)", body = PullEnd),
+        (status = 404, description = "With wait: no such image or tag (NOT_FOUND)", body = ErrorBody),
+        (status = 502, description = "With wait: the registry failed, or the content is bad (IMAGE_SOURCE)", body = ErrorBody),
+        (status = 507, description = "With wait: the store is full (NO_SPACE)", body = ErrorBody),
+    )
+)]
+pub async fn pull(
+    State(s): State<ApiState>,
+    QueryArgs(q): QueryArgs<PullQuery>,
+    JsonBody(spec): JsonBody<PullSpec>,
+) -> Result<Response, ApiError> {
+    let st = storage(&s)?;
+    if spec.reference.is_empty() {
+        return Err(ApiError::invalid("reference", "A reference is required"));
+    }
+    if q.wait {
+        let img = st.pull(&spec, &|_| {}).await?;
+        return Ok(axum::Json(img).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let progress_tx = tx.clone();
+        let report: Box<dyn Fn(PullEvent) + Send + Sync> = Box::new(move |ev: PullEvent| {
+            if let Ok(line) = serde_json::to_string(&ev) {
+                let _ = progress_tx.send(line);
+            }
+        });
+        let end = match st.pull(&spec, &*report).await {
+            Ok(image) => PullEnd::Done {
+                image: Box::new(image),
+            },
+            Err(e) => PullEnd::Error {
+                error: ApiError::from(e).body,
+            },
+        };
+        if let Ok(line) = serde_json::to_string(&end) {
+            let _ = tx.send(line);
+        }
+    });
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+        .map(|l| Ok::<_, std::io::Error>(format!("{l}\n")));
+    Ok((
+        [(CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize, Debug, Default, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// The image store; "default" if empty.
+    pub store: String,
+    /// A name for the image (the archive must hold one image).
+    pub tag: Option<String>,
+}
+
+/// Imports a `docker save` archive or an OCI image layout (a tar stream,
+/// the request body). Nothing is listed unless all of it is good.
+#[utoipa::path(
+    post, path = "/storage/images/import", tag = "storage", operation_id = "storage_import",
+    params(ImportQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses(
+        (status = 200, description = "The images imported", body = Vec<Image>),
+        (status = 502, description = "Bad archive: an escaping entry, a digest mismatch (IMAGE_SOURCE)", body = ErrorBody),
+        (status = 507, description = "The store is full (NO_SPACE)", body = ErrorBody),
+    )
+)]
+pub async fn import(
+    State(s): State<ApiState>,
+    QueryArgs(q): QueryArgs<ImportQuery>,
+    body: Body,
+) -> Result<axum::Json<Vec<Image>>, ApiError> {
+    let st = storage(&s)?;
+    let stream = body
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let images = tokio::task::spawn_blocking(move || {
+        let sync = tokio_util::io::SyncIoBridge::new(reader);
+        st.import(sync, &q.store, q.tag.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    Ok(axum::Json(images))
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreRequest {
+    pub name: String,
+    /// An absolute directory on the appliance's host (made if missing).
+    pub path: String,
+}
+
+/// Image stores, with their usage.
+#[utoipa::path(
+    get, path = "/storage/image-stores", tag = "storage", operation_id = "storage_image_stores",
+    responses((status = 200, description = "The image stores", body = Vec<StoreUsage>))
+)]
+pub async fn image_stores(
+    State(s): State<ApiState>,
+) -> Result<axum::Json<Vec<StoreUsage>>, ApiError> {
+    let st = storage(&s)?;
+    let out = tokio::task::spawn_blocking(move || st.stores(StoreKind::Image))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    Ok(axum::Json(out))
+}
+
+/// Adds an image store.
+#[utoipa::path(
+    post, path = "/storage/image-stores", tag = "storage", operation_id = "storage_add_image_store",
+    request_body = StoreRequest,
+    responses(
+        (status = 201, description = "Added (or already there with this path)"),
+        (status = 409, description = "The name is taken by another path (CONFLICT)", body = ErrorBody),
+    )
+)]
+pub async fn add_image_store(
+    State(s): State<ApiState>,
+    JsonBody(r): JsonBody<StoreRequest>,
+) -> Result<StatusCode, ApiError> {
+    storage(&s)?.add_store(StoreKind::Image, &r.name, std::path::Path::new(&r.path))?;
+    Ok(StatusCode::CREATED)
+}
+
+/// Volume stores, with their usage.
+#[utoipa::path(
+    get, path = "/storage/volume-stores", tag = "storage", operation_id = "storage_volume_stores",
+    responses((status = 200, description = "The volume stores", body = Vec<StoreUsage>))
+)]
+pub async fn volume_stores(
+    State(s): State<ApiState>,
+) -> Result<axum::Json<Vec<StoreUsage>>, ApiError> {
+    let st = storage(&s)?;
+    let out = tokio::task::spawn_blocking(move || st.stores(StoreKind::Volume))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    Ok(axum::Json(out))
+}
+
+/// Adds a volume store.
+#[utoipa::path(
+    post, path = "/storage/volume-stores", tag = "storage", operation_id = "storage_add_volume_store",
+    request_body = StoreRequest,
+    responses(
+        (status = 201, description = "Added (or already there with this path)"),
+        (status = 409, description = "The name is taken by another path (CONFLICT)", body = ErrorBody),
+    )
+)]
+pub async fn add_volume_store(
+    State(s): State<ApiState>,
+    JsonBody(r): JsonBody<StoreRequest>,
+) -> Result<StatusCode, ApiError> {
+    storage(&s)?.add_store(StoreKind::Volume, &r.name, std::path::Path::new(&r.path))?;
+    Ok(StatusCode::CREATED)
+}
+
+/// Lists volumes.
+#[utoipa::path(
+    get, path = "/storage/volumes", tag = "storage", operation_id = "storage_list_volumes",
+    params(VolumeListQuery),
+    responses(
+        (status = 200, description = "The matching volumes, with the containers using each", body = Vec<Volume>),
+        (status = 400, description = "Invalid filter (INVALID_ARGUMENT)", body = ErrorBody),
+    )
+)]
+pub async fn list_volumes(
+    State(s): State<ApiState>,
+    QueryArgs(q): QueryArgs<VolumeListQuery>,
+) -> Result<axum::Json<Vec<Volume>>, ApiError> {
+    Ok(axum::Json(storage(&s)?.volumes(&q.filter)?))
+}
+
+/// Creates a volume: an empty ext4 disk of its own.
+#[utoipa::path(
+    post, path = "/storage/volumes", tag = "storage", operation_id = "storage_create_volume",
+    request_body = VolumeSpec,
+    responses(
+        (status = 201, description = "The volume", body = Volume),
+        (status = 400, description = "Bad name or size (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 409, description = "The name is taken (CONFLICT)", body = ErrorBody),
+        (status = 507, description = "The store is full (NO_SPACE)", body = ErrorBody),
+    )
+)]
+pub async fn create_volume(
+    State(s): State<ApiState>,
+    JsonBody(spec): JsonBody<VolumeSpec>,
+) -> Result<(StatusCode, axum::Json<Volume>), ApiError> {
+    let st = storage(&s)?;
+    let v = tokio::task::spawn_blocking(move || st.create_volume(&spec))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    Ok((StatusCode::CREATED, axum::Json(v)))
+}
+
+/// One volume.
+#[utoipa::path(
+    get, path = "/storage/volumes/{name}", tag = "storage", operation_id = "storage_inspect_volume",
+    params(("name" = String, Path, description = "Volume name")),
+    responses(
+        (status = 200, description = "The volume", body = Volume),
+        (status = 404, description = "No such volume (NOT_FOUND)", body = ErrorBody),
+    )
+)]
+pub async fn inspect_volume(
+    State(s): State<ApiState>,
+    PathArgs(name): PathArgs<String>,
+) -> Result<axum::Json<Volume>, ApiError> {
+    Ok(axum::Json(storage(&s)?.volume(&name)?))
+}
+
+/// Removes a volume and its data. Refused while a container uses it
+/// (IN_USE names it).
+#[utoipa::path(
+    delete, path = "/storage/volumes/{name}", tag = "storage", operation_id = "storage_remove_volume",
+    params(("name" = String, Path, description = "Volume name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such volume (NOT_FOUND)", body = ErrorBody),
+        (status = 409, description = "A container uses it (IN_USE)", body = ErrorBody),
+    )
+)]
+pub async fn remove_volume(
+    State(s): State<ApiState>,
+    PathArgs(name): PathArgs<String>,
+) -> Result<StatusCode, ApiError> {
+    storage(&s)?.remove_volume(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeJoinRequest {
+    pub handle: String,
+    /// The volume's name.
+    pub volume: String,
+    /// Absolute path in the container.
+    pub path: String,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Join-time policies: `read-only` mounts it read-only in the guest.
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
+/// Joins a volume to a (stopped) container, mounted at `path`. The tether
+/// keeps the mount point's owner and mode on a fresh volume.
+#[utoipa::path(
+    post, path = "/storage/handles/volume-join", tag = "storage", operation_id = "storage_volume_join",
+    request_body = VolumeJoinRequest,
+    responses(
+        (status = 200, description = "The new handle", body = HandleBody),
+        (status = 400, description = "Bad handle, path or policy", body = ErrorBody),
+        (status = 404, description = "No such volume (NOT_FOUND)", body = ErrorBody),
+    )
+)]
+pub async fn volume_join(
+    State(s): State<ApiState>,
+    JsonBody(r): JsonBody<VolumeJoinRequest>,
+) -> Result<axum::Json<HandleBody>, ApiError> {
+    let policies = r
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.parse().map_err(|source| {
+                ApiError::from(PortError::Policy {
+                    element: format!("policies[{i}]"),
+                    source,
+                })
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let handle = s.pl.volume_join(
+        &r.handle,
+        VolumeMount {
+            volume: r.volume,
+            path: r.path,
+            read_only: r.read_only,
+        },
+        &policies,
+    )?;
+    Ok(axum::Json(HandleBody { handle }))
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeLeaveRequest {
+    pub handle: String,
+    /// The path the volume is mounted at.
+    pub path: String,
+}
+
+/// Removes the volume mounted at `path` from a (stopped) container.
+#[utoipa::path(
+    post, path = "/storage/handles/volume-leave", tag = "storage", operation_id = "storage_volume_leave",
+    request_body = VolumeLeaveRequest,
+    responses(
+        (status = 200, description = "The new handle", body = HandleBody),
+        (status = 400, description = "Bad handle (BAD_HANDLE)", body = ErrorBody),
+    )
+)]
+pub async fn volume_leave(
+    State(s): State<ApiState>,
+    JsonBody(r): JsonBody<VolumeLeaveRequest>,
+) -> Result<axum::Json<HandleBody>, ApiError> {
+    let handle = s.pl.volume_leave(&r.handle, &r.path)?;
+    Ok(axum::Json(HandleBody { handle }))
+}
