@@ -2,6 +2,8 @@
 CARGO  ?= cargo
 TARGET := x86_64-unknown-linux-gnu
 BUILD  := build
+# Where cargo puts its output (CARGO_TARGET_DIR when set).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # The tether is PID 1 in the guest: a static binary, small profile.
 TETHER_RUSTFLAGS := -C target-feature=+crt-static
 
@@ -16,7 +18,7 @@ tether:
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="$(TETHER_RUSTFLAGS)" \
 	  $(CARGO) build -p tether --profile guest --target $(TARGET)
 	@mkdir -p $(BUILD)
-	@cp target/$(TARGET)/guest/tether $(BUILD)/tether
+	@cp $(TARGET_DIR)/$(TARGET)/guest/tether $(BUILD)/tether
 	@echo "tether: $$(stat -c %s $(BUILD)/tether) bytes, $$(file -b $(BUILD)/tether | cut -d, -f1-5)"
 
 iso: tether

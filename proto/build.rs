@@ -2,7 +2,11 @@
 //! no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["tether/v1/spec.proto", "tether/v1/rpc.proto"];
+    let files = [
+        "tether/v1/spec.proto",
+        "tether/v1/rpc.proto",
+        "tether/v1/archive.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -59,6 +59,36 @@ where
     Ok(Some(M::decode(body.as_slice())?))
 }
 
+/// Decodes one message from the front of `buf`, for callers that receive
+/// the bytes in chunks (SSH channel messages) rather than as a stream.
+/// `Ok(None)`: `buf` does not hold a whole frame yet. Otherwise the message
+/// and how many bytes of `buf` it took.
+pub fn decode_frame<M: Message + Default>(buf: &[u8]) -> Result<Option<(M, usize)>, FrameError> {
+    let mut len: u64 = 0;
+    let mut i = 0;
+    loop {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        len |= u64::from(b & 0x7f) << (7 * i);
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i == 10 {
+            return Err(FrameError::BadLength);
+        }
+    }
+    if len > crate::MAX_FRAME as u64 {
+        return Err(FrameError::TooLarge(len));
+    }
+    let end = i + len as usize;
+    match buf.get(i..end) {
+        Some(body) => Ok(Some((M::decode(body)?, end))),
+        None => Ok(None),
+    }
+}
+
 /// Writes one message and flushes.
 pub async fn write_message<M, W>(w: &mut W, msg: &M) -> std::io::Result<()>
 where
@@ -93,6 +123,32 @@ mod tests {
             assert_eq!(got.id, id);
         }
         assert!(read_message::<Request, _>(&mut r).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn frames_decode_from_chunks() {
+        let ping = Ping {
+            payload: vec![9; 200],
+        };
+        let mut buf = ping.encode_length_delimited_to_vec();
+        let whole = buf.len();
+        buf.extend_from_slice(b"tar bytes");
+        for cut in [0, 1, 2, whole - 1] {
+            assert!(decode_frame::<Ping>(&buf[..cut]).unwrap().is_none());
+        }
+        let (got, used) = decode_frame::<Ping>(&buf).unwrap().unwrap();
+        assert_eq!((got, used), (ping, whole));
+        assert_eq!(&buf[used..], b"tar bytes");
+        assert!(matches!(
+            decode_frame::<Ping>(&[0xff; 11]),
+            Err(FrameError::BadLength)
+        ));
+        let mut huge = Vec::new();
+        prost::encoding::encode_varint((crate::MAX_FRAME + 1) as u64, &mut huge);
+        assert!(matches!(
+            decode_frame::<Ping>(&huge),
+            Err(FrameError::TooLarge(_))
+        ));
     }
 
     #[tokio::test]

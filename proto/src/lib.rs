@@ -13,6 +13,8 @@ pub mod v1 {
 pub const PROTOCOL: &str = "tether.v1";
 /// SSH subsystem carrying the RPC channel.
 pub const RPC_SUBSYSTEM: &str = "tether-rpc-v1";
+/// SSH subsystem carrying one archive transfer (`tether/v1/archive.proto`).
+pub const ARCHIVE_SUBSYSTEM: &str = "tether-archive-v1";
 /// Default virtio-serial port name.
 pub const DEFAULT_PORT_NAME: &str = "org.tether.0";
 /// fw_cfg file holding the encoded `ContainerSpec`.

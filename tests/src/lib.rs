@@ -12,7 +12,8 @@ use appliance::backend::local::{Accel, BootArtifacts, BootMode, Launched, VmOpti
 use appliance::keys;
 use appliance::storage::busybox::{self, ExtraFile};
 use appliance::tether::Client;
-use proto::v1::SessionSpec;
+use prost::Message;
+use proto::v1::{ContainerSpec, SessionSpec};
 use russh::keys::PrivateKey;
 use tempfile::TempDir;
 
@@ -114,6 +115,42 @@ pub async fn boot_iso(primary: SessionSpec) -> TestVm {
     let mut opts = options(&dir, primary);
     opts.boot = BootMode::Cdrom;
     boot_with(dir, opts).await
+}
+
+/// Boots a VM in maintenance mode (spec `maintenance`): everything mounted,
+/// `primary` never started, only the host served.
+pub async fn boot_maintenance(primary: SessionSpec) -> TestVm {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(&dir, primary);
+    let (launched, key) = launch(&opts);
+    restart_with(launched, key, dir, |spec| spec.maintenance = true).await
+}
+
+/// Restarts a VM on its own disks with a changed spec, and connects. QEMU
+/// reads the spec file only when it starts, so a running one is killed
+/// first (`VmOptions` has no field for every spec switch a test needs).
+pub async fn restart_with(
+    mut launched: Launched,
+    key: PrivateKey,
+    dir: TempDir,
+    change: impl FnOnce(&mut ContainerSpec),
+) -> TestVm {
+    launched.vm.kill().await.expect("stopping QEMU");
+    change(&mut launched.spec);
+    std::fs::write(&launched.vm.config.spec_file, launched.spec.encode_to_vec())
+        .expect("writing the spec");
+    launched.vm = appliance::backend::local::qemu::Vm::spawn(launched.vm.config.clone(), false)
+        .unwrap_or_else(|e| panic!("restarting QEMU: {e}"));
+    let client = launched
+        .connect(&key, BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("connecting: {e}"));
+    TestVm {
+        launched,
+        client,
+        key,
+        dir,
+    }
 }
 
 impl TestVm {

@@ -450,6 +450,9 @@ fn docker_save_archives_import_and_escaping_archives_are_refused() {
         h.as_old_mut().name[..name.len()].copy_from_slice(name);
         h.set_size(4);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
         let mut t = h.as_bytes().to_vec();
@@ -495,4 +498,116 @@ fn docker_save_archives_import_and_escaping_archives_are_refused() {
     assert!(!std::path::Path::new("/tmp/escaped-by-layer").exists());
     let o = s.cli(&["images", "-q", "--filter", "name=docker.io/library/evil:1"]);
     assert_eq!(stdout(&o).trim(), "");
+}
+
+/// A tar whose one entry is named `name` byte for byte (the `tar` crate
+/// refuses to write `..` itself).
+fn raw_tar(name: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut t = h.as_bytes().to_vec();
+    t.extend(data);
+    t.resize(512 + data.len().div_ceil(512) * 512, 0);
+    t.extend([0u8; 1024]);
+    t
+}
+
+#[test]
+fn cp_copies_into_and_out_of_stopped_and_running_containers() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, s) = new_server();
+    // Into a container that has never run: its disks are booted for it.
+    let o = s.cli(&[
+        "create",
+        "--name",
+        "box",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/in/hello.txt; stat -c '%a' /tmp/in/tool",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let src = d.path().join("in");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("hello.txt"), "hello from the host\n").unwrap();
+    std::fs::write(src.join("tool"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let o = s.cli(&["cp", src.to_str().unwrap(), "box:/tmp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.cli(&["start", "-a", "box"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hello from the host\n750\n");
+
+    // Out of the stopped container: a file to a new name, a directory
+    // into an existing one, and the raw tar on stdout.
+    let got = d.path().join("passwd.copy");
+    let o = s.cli(&["cp", "box:/etc/passwd", got.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::read_to_string(&got)
+            .unwrap()
+            .starts_with("root:x:0:0:")
+    );
+    let out = d.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let o = s.cli(&["cp", "box:/tmp/in", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(out.join("in/hello.txt")).unwrap(),
+        "hello from the host\n"
+    );
+    let o = s.cli(&["cp", "box:/etc/hostname", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut a = tar::Archive::new(&o.stdout[..]);
+    let names: Vec<String> = a
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["hostname"]);
+    // A path that is not there is named.
+    let o = s.cli(&["cp", "box:/no/such", "-"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("/no/such"), "{}", stderr(&o));
+
+    // Into a running container, from a tar on stdin; then an escaping
+    // entry, refused by name, with nothing written outside the target.
+    let o = s.cli(&[
+        "run", "-d", "--name", "live", "busybox", "--", "sleep", "600",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.cli_with_stdin(
+        &["cp", "-", "live:/tmp"],
+        Some(&raw_tar(b"note.txt", b"via stdin\n")),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.cli_with_stdin(
+        &["cp", "-", "live:/tmp"],
+        Some(&raw_tar(b"../etc/evil", b"evil\n")),
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("../etc/evil"), "{}", stderr(&o));
+    let o = s.cli(&[
+        "exec",
+        "live",
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/note.txt; ls /etc/evil",
+    ]);
+    assert_eq!(stdout(&o), "via stdin\n", "{}", stderr(&o));
+    assert!(stderr(&o).contains("No such file"), "{}", stderr(&o));
+    // The destination must be a directory.
+    let o = s.cli_with_stdin(&["cp", "-", "live:/etc/passwd"], Some(&raw_tar(b"x", b"x")));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
+    assert!(s.cli(&["rm", "-f", "live", "box"]).status.success());
 }

@@ -2,8 +2,10 @@
 //!
 //! Boots the container (mounts, modules, spec, root filesystem, identity,
 //! network, volumes), serves the host over SSH on the transport, runs the
-//! primary session and powers the VM off when it is done. This file owns the
-//! order of those steps and nothing else.
+//! primary session and powers the VM off when it is done, or when the host
+//! asks. In maintenance mode (no primary session) it only serves the host
+//! until asked to power off or left without a host. This file owns the order
+//! of those steps and when the VM ends, nothing else.
 
 mod boot;
 mod console;
@@ -15,12 +17,15 @@ mod sys;
 mod transport;
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::v1::ContainerSpec;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const DEFAULT_LINGER: Duration = Duration::from_secs(60);
+/// Time for the answer to a power-off request to leave the VM.
+const REPLY_FLUSH: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 enum Fatal {
@@ -93,17 +98,51 @@ async fn run() -> Result<(), Fatal> {
     tokio::spawn(sessions.clone().reap_forever());
 
     let keys = spec.keys.clone().unwrap_or_default();
-    let server = server::Server::new(&keys, sessions.clone(), hostname, booted_at)?;
+    let maintenance = boot::maintenance(&spec);
+    let power_off = Arc::new(tokio::sync::Notify::new());
+    let server = server::Server::new(
+        &keys,
+        sessions.clone(),
+        hostname,
+        booted_at,
+        maintenance,
+        power_off.clone(),
+    )?;
+    let presence = server.host_presence();
     let port = transport::find_port(&port_name(&spec), Duration::from_secs(10))?;
     tokio::spawn(server.serve_forever(port));
     console::line(format_args!("tether ready"));
+    let linger = match spec.linger_seconds {
+        0 => DEFAULT_LINGER,
+        n => Duration::from_secs(u64::from(n)),
+    };
+    let asked_to_power_off = async {
+        power_off.notified().await;
+        info!("the host asked to power off");
+        tokio::time::sleep(REPLY_FLUSH).await;
+    };
+    tokio::pin!(asked_to_power_off);
+
+    if maintenance {
+        info!("maintenance mode: no process started, serving the host");
+        tokio::select! {
+            () = &mut asked_to_power_off => {}
+            () = server::until_host_absent_for(presence, linger) => {
+                info!("no host connected for {linger:?}");
+            }
+        }
+        return Ok(());
+    }
 
     let mut primary = spec.primary.clone().unwrap_or_default();
     if primary.id.is_empty() {
         primary.id.clone_from(&spec.id);
     }
     let primary = sessions.start(primary)?;
-    let status = primary.wait().await;
+    let status = tokio::select! {
+        status = primary.wait() => status,
+        () = &mut asked_to_power_off => return Ok(()),
+    };
     info!("primary session exited with code {}", status.exit_code);
 
     // The container is done: end the other sessions, then give the host the
@@ -111,18 +150,16 @@ async fn run() -> Result<(), Fatal> {
     for s in sessions.list() {
         s.kill_group();
     }
-    let linger = match spec.linger_seconds {
-        0 => DEFAULT_LINGER,
-        n => Duration::from_secs(u64::from(n)),
-    };
     let drained = tokio::time::timeout(linger, async {
         while !sessions.list().iter().all(|s| s.drained()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    })
-    .await;
-    if drained.is_err() {
-        info!("host did not take all output within {linger:?}");
+    });
+    tokio::select! {
+        drained = drained => if drained.is_err() {
+            info!("host did not take all output within {linger:?}");
+        },
+        () = &mut asked_to_power_off => {}
     }
     Ok(())
 }

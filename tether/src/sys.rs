@@ -1,5 +1,5 @@
 //! The tether's side effects on the VM: mounts, files, kernel modules,
-//! hostname, root switching.
+//! hostname, root switching, mount namespaces.
 //!
 //! Owns the `Syscall` trait, its real implementation (`LinuxSyscall`, via
 //! `nix` and `std`) and, for tests, a recording fake (`RecordingSyscall`) that
@@ -68,6 +68,12 @@ pub trait Syscall {
     fn sethostname(&self, name: &str) -> io::Result<()>;
     fn chroot(&self, path: &Path) -> io::Result<()>;
     fn chdir(&self, path: &Path) -> io::Result<()>;
+    /// unshare(CLONE_NEWNS): the calling thread gets a copy of the mount
+    /// table of its own (and stops sharing root and working directory).
+    fn unshare_mount_namespace(&self) -> io::Result<()>;
+    /// umount2(MNT_DETACH): detaches the mount at `path` and everything
+    /// mounted under it.
+    fn detach_mount(&self, path: &Path) -> io::Result<()>;
     /// Waits; the fake only counts.
     fn sleep(&self, duration: Duration);
     /// Reads a QEMU fw_cfg file straight from the device. `Ok(None)`: no
@@ -189,6 +195,16 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
+    fn unshare_mount_namespace(&self) -> io::Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+        Ok(())
+    }
+
+    fn detach_mount(&self, path: &Path) -> io::Result<()> {
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)?;
+        Ok(())
+    }
+
     fn sleep(&self, duration: Duration) {
         std::thread::sleep(duration);
     }
@@ -267,6 +283,10 @@ mod fake {
             path: PathBuf,
         },
         Chdir {
+            path: PathBuf,
+        },
+        UnshareMountNamespace,
+        DetachMount {
             path: PathBuf,
         },
     }
@@ -680,6 +700,16 @@ mod fake {
 
         fn chdir(&self, path: &Path) -> io::Result<()> {
             self.record(Call::Chdir {
+                path: path.to_path_buf(),
+            })
+        }
+
+        fn unshare_mount_namespace(&self) -> io::Result<()> {
+            self.record(Call::UnshareMountNamespace)
+        }
+
+        fn detach_mount(&self, path: &Path) -> io::Result<()> {
+            self.record(Call::DetachMount {
                 path: path.to_path_buf(),
             })
         }

@@ -64,6 +64,8 @@ version), `INVALID_ARGUMENT` (400), `BAD_HANDLE` (400), `NAME_TAKEN` (409), \
         storage::remove_volume,
         storage::volume_join,
         storage::volume_leave,
+        storage::archive_get,
+        storage::archive_put,
         interaction::logs,
         interaction::attach,
         events::events,

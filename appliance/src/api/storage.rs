@@ -25,6 +25,7 @@ use super::ApiState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::exec::{HandleBody, Policy};
 use super::extract::{JsonBody, PathArgs, QueryArgs};
+use crate::backend::ArchiveSummary;
 use crate::portlayer::exec::PortError;
 use crate::portlayer::model::VolumeMount;
 use crate::portlayer::storage::{PullEvent, PullSpec, Storage, VolumeSpec};
@@ -56,6 +57,7 @@ pub fn routes() -> Router<ApiState> {
         )
         .route("/storage/handles/volume-join", post(volume_join))
         .route("/storage/handles/volume-leave", post(volume_leave))
+        .route("/storage/archive/{id}", get(archive_get).put(archive_put))
 }
 
 fn storage(s: &ApiState) -> Result<Arc<Storage>, ApiError> {
@@ -513,4 +515,203 @@ pub async fn volume_leave(
 ) -> Result<axum::Json<HandleBody>, ApiError> {
     let handle = s.pl.volume_leave(&r.handle, &r.path)?;
     Ok(axum::Json(HandleBody { handle }))
+}
+
+#[derive(Deserialize, Debug, Default, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ArchiveQuery {
+    /// Absolute path in the container's filesystem (no `..` parts).
+    pub path: String,
+}
+
+/// A tar stream of `path` in a container's filesystem, as `docker cp`
+/// gives it: the top entry is the path's last component; symlinks in the
+/// path resolve inside the container. A stopped container's disks are
+/// booted for the copy. A stream that breaks off half way ends the
+/// response without its final chunk: clients must treat that as a failure.
+#[utoipa::path(
+    get, path = "/storage/archive/{id}", tag = "storage", operation_id = "storage_archive_get",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name"), ArchiveQuery),
+    responses(
+        (status = 200, description = "The tar stream", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 400, description = "Bad path, paused container, or the path does not exist (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 404, description = "No such container (NOT_FOUND)", body = ErrorBody),
+    )
+)]
+pub async fn archive_get(
+    State(s): State<ApiState>,
+    PathArgs(id): PathArgs<String>,
+    QueryArgs(q): QueryArgs<ArchiveQuery>,
+) -> Result<Response, ApiError> {
+    let mut read = s.pl.archive_get(&id, &q.path).await?;
+    // The first chunk decides between an error response and a stream.
+    let first = match read.data.recv().await {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return Err(ApiError::invalid(id, e)),
+        None => bytes::Bytes::new(),
+    };
+    let rest = tokio_stream::wrappers::ReceiverStream::new(read.data)
+        .map(|r| r.map_err(std::io::Error::other));
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest);
+    Ok((
+        [(CONTENT_TYPE, "application/x-tar")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Unpacks a tar stream (the request body) into the directory `path` of a
+/// container's filesystem, running or stopped. Owners, modes and times are
+/// kept; entries that would leave the directory (`..`, absolute paths,
+/// through symlinks) are refused, naming the entry.
+#[utoipa::path(
+    put, path = "/storage/archive/{id}", tag = "storage", operation_id = "storage_archive_put",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name"), ArchiveQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses(
+        (status = 200, description = "What was written", body = ArchiveSummary),
+        (status = 400, description = "Bad path or archive: not a directory, an escaping entry (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 404, description = "No such container (NOT_FOUND)", body = ErrorBody),
+    )
+)]
+pub async fn archive_put(
+    State(s): State<ApiState>,
+    PathArgs(id): PathArgs<String>,
+    QueryArgs(q): QueryArgs<ArchiveQuery>,
+    body: Body,
+) -> Result<axum::Json<ArchiveSummary>, ApiError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut stream = body.into_data_stream();
+    let feed = tokio::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => {
+                    if tx.send(b).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    });
+    let summary = s.pl.archive_put(&id, &q.path, rx).await;
+    let fed = feed.await;
+    let summary = summary?;
+    match fed {
+        Ok(Ok(())) => Ok(axum::Json(summary)),
+        Ok(Err(e)) => Err(ApiError::invalid(
+            "body",
+            format!("Reading the archive: {e}"),
+        )),
+        Err(e) => Err(ApiError::new(ErrorCode::Internal, "", e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+
+    use super::super::testutil::Harness;
+
+    fn raw_tar(name: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o640);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let mut t = h.as_bytes().to_vec();
+        t.extend(data);
+        t.resize(512 + data.len().div_ceil(512) * 512, 0);
+        t.extend([0u8; 1024]);
+        t
+    }
+
+    async fn put(h: &Harness, uri: &str, tar: Vec<u8>) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .method("PUT")
+            .uri(uri)
+            .body(Body::from(tar))
+            .unwrap();
+        let resp = h.send(req).await;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn archives_go_in_and_come_out_and_escapes_are_named() {
+        let h = Harness::new();
+        let (status, c) = h
+            .call(
+                "POST",
+                "/exec/containers",
+                Some(serde_json::json!({"name": "box", "image": "busybox", "task": {"args": ["true"]}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{c}");
+        let (status, _) = h
+            .call(
+                "POST",
+                "/exec/commit",
+                Some(serde_json::json!({"handle": c["handle"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+
+        let (status, r) = put(
+            &h,
+            "/storage/archive/box?path=/tmp",
+            raw_tar(b"a.txt", b"hi\n"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+        assert_eq!(r["entries"], 1);
+        assert_eq!(r["bytes"], 3);
+
+        let resp = h
+            .send(
+                Request::builder()
+                    .uri("/storage/archive/box?path=/tmp/a.txt")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/x-tar");
+        let tar = resp.into_body().collect().await.unwrap().to_bytes();
+        let mut a = tar::Archive::new(&tar[..]);
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(e.path().unwrap().to_string_lossy(), "a.txt");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+        assert_eq!(text, "hi\n");
+
+        let (status, r) = put(
+            &h,
+            "/storage/archive/box?path=/tmp",
+            raw_tar(b"../../x", b"x"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{r}");
+        assert!(r["message"].as_str().unwrap().contains("../../x"), "{r}");
+        let (status, r) = put(
+            &h,
+            "/storage/archive/box?path=/tmp/../etc",
+            raw_tar(b"y", b"y"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{r}");
+        assert_eq!(r["element"], "path");
+        let (status, r) = put(&h, "/storage/archive/nope?path=/tmp", raw_tar(b"y", b"y")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{r}");
+        // Without a storage component, the storage routes say so.
+        let (status, r) = h.call("GET", "/storage/images", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{r}");
+        assert_eq!(r["element"], "storage");
+    }
 }

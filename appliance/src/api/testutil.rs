@@ -189,6 +189,21 @@ impl Backend for LoggingFake {
     ) -> Result<AttachStream, BackendError> {
         self.inner.attach(id, task, stdin).await
     }
+    async fn archive_get(
+        &self,
+        c: &Container,
+        path: &str,
+    ) -> Result<crate::backend::ArchiveRead, BackendError> {
+        self.inner.archive_get(c, path).await
+    }
+    async fn archive_put(
+        &self,
+        c: &Container,
+        path: &str,
+        tar: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    ) -> Result<crate::backend::ArchiveSummary, BackendError> {
+        self.inner.archive_put(c, path, tar).await
+    }
     fn log_path(&self, id: &str, task: &str) -> Option<PathBuf> {
         Some(LoggingFake::path(&self.dir, id, task))
     }

@@ -1,12 +1,18 @@
 //! An in-memory execution environment: containers "run" instantly and
 //! tasks exit when told to. For testing and benchmarking the port layer
-//! without VMs.
+//! without VMs. A container's filesystem, for archives, is a temporary
+//! directory with `/etc` and `/tmp`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{AttachInput, AttachOutput, AttachStream, Backend, BackendError, BackendEvent, Events};
+use tokio::sync::mpsc;
+
+use super::{
+    ArchiveRead, ArchiveSummary, AttachInput, AttachOutput, AttachStream, Backend, BackendError,
+    BackendEvent, Events,
+};
 use crate::portlayer::model::{Container, Task};
 
 #[derive(Default)]
@@ -16,6 +22,7 @@ pub struct FakeBackend {
     events: Mutex<Option<Events>>,
     /// Every call, for assertions: "start c1", "exec c1 t1", ...
     pub calls: Mutex<Vec<String>>,
+    roots: Mutex<HashMap<String, tempfile::TempDir>>,
 }
 
 impl FakeBackend {
@@ -68,6 +75,23 @@ impl FakeBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(id)
+    }
+
+    /// The directory standing for a container's filesystem.
+    pub fn root(&self, id: &str) -> Result<std::path::PathBuf, BackendError> {
+        let mut roots = self.roots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = roots.get(id) {
+            return Ok(d.path().to_path_buf());
+        }
+        let d = tempfile::tempdir().map_err(|e| BackendError::failed(id, e))?;
+        for sub in ["etc", "tmp"] {
+            std::fs::create_dir(d.path().join(sub)).map_err(|e| BackendError::failed(id, e))?;
+        }
+        std::fs::write(d.path().join("etc/hostname"), format!("{id}\n"))
+            .map_err(|e| BackendError::failed(id, e))?;
+        let path = d.path().to_path_buf();
+        roots.insert(id.to_string(), d);
+        Ok(path)
     }
 
     fn require_running(&self, id: &str) -> Result<(), BackendError> {
@@ -182,6 +206,49 @@ impl Backend for FakeBackend {
             let _ = out_tx.send(AttachOutput::Exit(0)).await;
         });
         Ok(AttachStream { output, input })
+    }
+
+    async fn archive_get(&self, c: &Container, path: &str) -> Result<ArchiveRead, BackendError> {
+        self.record(format!("archive-get {} {path}", c.id));
+        let root = self.root(&c.id)?;
+        let mut tar = Vec::new();
+        archive::pack(&root, path, &mut tar).map_err(|e| BackendError::failed(&c.id, e))?;
+        let (tx, rx) = mpsc::channel(2);
+        let _ = tx.try_send(Ok(tar.into()));
+        Ok(ArchiveRead { data: rx })
+    }
+
+    async fn archive_put(
+        &self,
+        c: &Container,
+        path: &str,
+        mut tar: mpsc::Receiver<bytes::Bytes>,
+    ) -> Result<ArchiveSummary, BackendError> {
+        self.record(format!("archive-put {} {path}", c.id));
+        let root = self.root(&c.id)?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = tar.recv().await {
+            bytes.extend_from_slice(&chunk);
+        }
+        let dest = root.join(path.trim_start_matches('/'));
+        if !dest.is_dir() {
+            return Err(BackendError::failed(
+                &c.id,
+                format!("{path} is not a directory in the container"),
+            ));
+        }
+        let opts = archive::UnpackOptions {
+            source: "archive".into(),
+            whiteouts: false,
+            same_owner: false,
+            devices: archive::DevicePolicy::Skip,
+        };
+        let r = archive::unpack(&bytes[..], &dest, &opts)
+            .map_err(|e| BackendError::failed(&c.id, crate::api::error::error_chain(&e)))?;
+        Ok(ArchiveSummary {
+            entries: r.entries,
+            bytes: r.bytes,
+        })
     }
 
     fn log_path(&self, _id: &str, _task: &str) -> Option<std::path::PathBuf> {

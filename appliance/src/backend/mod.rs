@@ -82,6 +82,31 @@ pub struct AttachStream {
     pub input: mpsc::Sender<AttachInput>,
 }
 
+/// A tar stream out of a container's filesystem.
+pub struct ArchiveRead {
+    /// Chunks of the stream; an `Err` item means it broke off there, and
+    /// what came before is not a whole archive.
+    pub data: mpsc::Receiver<Result<bytes::Bytes, String>>,
+}
+
+/// What a copy into a container wrote.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+pub struct ArchiveSummary {
+    pub entries: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+}
+
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
     /// Prepares what a new container needs (its disk).
@@ -103,6 +128,18 @@ pub trait Backend: Send + Sync {
     /// the task's log).
     async fn attach(&self, id: &str, task: &str, stdin: bool)
     -> Result<AttachStream, BackendError>;
+    /// A tar stream of `path` in the container's filesystem (as `docker
+    /// cp` gives it: the top entry is the path's last component). Works on
+    /// stopped containers too.
+    async fn archive_get(&self, c: &Container, path: &str) -> Result<ArchiveRead, BackendError>;
+    /// Unpacks a tar stream into the directory `path` of the container's
+    /// filesystem; entries that would leave it are refused, naming them.
+    async fn archive_put(
+        &self,
+        c: &Container,
+        path: &str,
+        tar: mpsc::Receiver<bytes::Bytes>,
+    ) -> Result<ArchiveSummary, BackendError>;
     /// Where the host keeps a task's log (see `interaction::logs`).
     fn log_path(&self, id: &str, task: &str) -> Option<PathBuf>;
     /// Starts reporting events; called once by the port layer.

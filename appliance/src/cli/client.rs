@@ -256,9 +256,10 @@ impl Client {
         Err(ApiError::from_body(status, &body).into())
     }
 
-    /// POSTs a file as the body, streamed; the JSON answer.
+    /// Sends a file as the body (POST or PUT), streamed; the JSON answer.
     pub async fn upload<T: DeserializeOwned>(
         &self,
+        method: Method,
         path: &str,
         content_type: &str,
         file: tokio::fs::File,
@@ -268,7 +269,7 @@ impl Client {
             .map_ok(hyper::body::Frame::data);
         let body = http_body_util::StreamBody::new(frames);
         let resp = self
-            .send_body(Method::POST, path, Some(content_type), body)
+            .send_body(method, path, Some(content_type), body)
             .await?;
         let bytes = resp.into_body().collect().await?.to_bytes();
         serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {

@@ -378,7 +378,9 @@ pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<u8> {
         q.push(("tag", t));
     }
     let path = with_query("/storage/images/import", &q);
-    let images: Vec<Image> = client.upload(&path, "application/x-tar", file).await?;
+    let images: Vec<Image> = client
+        .upload(hyper::Method::POST, &path, "application/x-tar", file)
+        .await?;
     for i in images {
         let names = if i.names.is_empty() {
             "<none>".to_string()

@@ -4,7 +4,7 @@
 //! `run` (run, create), `containers` (start, stop, kill, rm, ps, inspect,
 //! rename, wait), `attach` (attach, exec and the terminal streaming they
 //! share with run), `logs`, `events`, `images` (pull, images, rmi, import,
-//! tag), `volumes` (volume ...), `serve`. Below them: `client` (the
+//! tag), `volumes` (volume ...), `cp`, `serve`. Below them: `client` (the
 //! transport), `handles` (handle → change → commit), `follow` (reading a
 //! starting task's log), `signals` (signal names).
 //!
@@ -18,6 +18,7 @@ mod against_fake;
 mod attach;
 mod client;
 mod containers;
+mod cp;
 mod events;
 mod follow;
 mod handles;
@@ -90,6 +91,8 @@ enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    /// Copy files between the host and a container (running or stopped).
+    Cp(cp::CpArgs),
 }
 
 /// Ends the program with this exit status; what needed saying has been
@@ -134,6 +137,7 @@ async fn dispatch(state: PathBuf, command: Command) -> anyhow::Result<u8> {
         Command::Import(args) => images::import(c, args).await,
         Command::Tag(args) => images::tag(c, args).await,
         Command::Volume(cmd) => volumes::volume(c, cmd).await,
+        Command::Cp(args) => cp::cp(c, args).await,
     }
 }
 

@@ -182,6 +182,18 @@ fn task_element(c: &str, t: &str) -> String {
     format!("{c}/task/{t}")
 }
 
+/// A failed copy, said once: "Copy to/from <container>:<path>: <why>".
+fn copy_error(id: &str, path: &str, e: BackendError) -> PortError {
+    let why = match e {
+        BackendError::Failed { message, .. } => message,
+        other => other.to_string(),
+    };
+    PortError::invalid(
+        id,
+        format!("Copy at {}:{path}: {why}", &id[..id.len().min(12)]),
+    )
+}
+
 /// Fills a creation from the image's config, as `docker run` does.
 fn apply_image_config(spec: &mut CreateSpec, img: &crate::storage::model::ImageConfig) {
     let entrypoint = spec
@@ -1169,6 +1181,69 @@ impl PortLayer {
         self.events
             .emit("exec", "remove", &c.id, &c.labels, json!({}))?;
         Ok(())
+    }
+
+    /// Checks an archive path and the container's state for a copy.
+    fn archive_target(&self, id: &str, path: &str) -> Result<Container, PortError> {
+        let c = self.inspect(id)?;
+        if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
+            return Err(PortError::invalid(
+                "path",
+                format!("An archive path must be absolute, with no .. parts: {path:?}"),
+            ));
+        }
+        if c.state == PowerState::Paused {
+            return Err(PortError::invalid(
+                &c.id,
+                "The container is paused: unpause it to copy files",
+            ));
+        }
+        Ok(c)
+    }
+
+    /// A tar stream of `path` in the container (running or not).
+    pub async fn archive_get(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<crate::backend::ArchiveRead, PortError> {
+        let c = self.archive_target(id, path)?;
+        let mut out = None;
+        let work = async {
+            out = Some(self.backend.archive_get(&c, path).await?);
+            Ok(())
+        };
+        self.tracked("archive-get", &c.id, work)
+            .await
+            .map_err(|e| copy_error(&c.id, path, e))?;
+        out.ok_or_else(|| PortError::invalid(&c.id, "The copy was cancelled"))
+    }
+
+    /// Unpacks a tar stream into the directory `path` of the container.
+    pub async fn archive_put(
+        &self,
+        id: &str,
+        path: &str,
+        tar: mpsc::Receiver<bytes::Bytes>,
+    ) -> Result<crate::backend::ArchiveSummary, PortError> {
+        let c = self.archive_target(id, path)?;
+        let mut out = None;
+        let work = async {
+            out = Some(self.backend.archive_put(&c, path, tar).await?);
+            Ok(())
+        };
+        self.tracked("archive-put", &c.id, work)
+            .await
+            .map_err(|e| copy_error(&c.id, path, e))?;
+        let summary = out.ok_or_else(|| PortError::invalid(&c.id, "The copy was cancelled"))?;
+        let _ = self.events.emit(
+            "storage",
+            "archive-put",
+            &c.id,
+            &c.labels,
+            json!({ "path": path, "entries": summary.entries }),
+        );
+        Ok(summary)
     }
 
     /// Attaches to a task's live streams (the primary by default).

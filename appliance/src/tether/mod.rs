@@ -1,25 +1,28 @@
 //! The host side of the tether protocol: an SSH client to one container VM's
-//! tether, with the RPC channel and attach streams.
+//! tether, with the RPC channel, attach streams and archive transfers.
 //!
 //! Owns connecting and authenticating (the tether's host key is pinned from
 //! the spec the appliance generated; no other server is accepted), request
-//! multiplexing on the RPC channel, and attach streams. Must not know how
-//! the byte stream to the VM is made (QEMU socket, vsock, serial): callers
-//! hand in any `AsyncRead + AsyncWrite`.
+//! multiplexing on the RPC channel, attach streams and archive transfers
+//! (`docker cp`). Must not know how the byte stream to the VM is made (QEMU
+//! socket, vsock, serial): callers hand in any `AsyncRead + AsyncWrite`.
 
+mod archive;
 mod attach;
 mod rpc;
 
+pub use archive::{ArchiveDownload, ArchiveResult};
 pub use attach::{Attach, AttachEvent, Output};
+pub use proto::v1::PathStat;
 pub use rpc::Rpc;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::v1::{
-    AckRequest, CloseStdinRequest, ExecRequest, Ping, ResizeRequest, SessionSpec, SessionStatus,
-    SignalRequest, StatusReply, StatusRequest, StopRequest, VersionReply, VersionRequest,
-    WaitRequest, WindowSize, request::Body as Req, response::Body as Resp,
+    AckRequest, CloseStdinRequest, ExecRequest, Ping, PowerOffRequest, ResizeRequest, SessionSpec,
+    SessionStatus, SignalRequest, StatusReply, StatusRequest, StopRequest, VersionReply,
+    VersionRequest, WaitRequest, WindowSize, request::Body as Req, response::Body as Resp,
 };
 use russh::client::{self, Handle};
 use russh::keys::PublicKeyOrCertificate;
@@ -50,6 +53,11 @@ pub enum ClientError {
     Unexpected(&'static str),
     #[error("Channel handshake")]
     Handshake(#[source] std::io::Error),
+    /// An archive transfer ended before the tether said it was complete.
+    #[error("Archive transfer of {path:?} did not complete: {why}")]
+    Incomplete { path: String, why: &'static str },
+    #[error("Reading the archive to copy in")]
+    ArchiveSource(#[source] std::io::Error),
 }
 
 /// The host's half of the connection handshake (see `proto::handshake`):
@@ -314,6 +322,53 @@ impl Client {
         }))
         .await
         .map(drop)
+    }
+
+    /// Powers the VM off: the tether answers, then ends every process
+    /// (SIGTERM, 2 s, SIGKILL), syncs and powers off, so the VM process
+    /// exits within a few seconds. Output not yet acknowledged is lost. This
+    /// is how a maintenance-mode VM (spec `maintenance`, or no primary
+    /// session) is ended.
+    pub async fn power_off(&self) -> Result<(), ClientError> {
+        self.rpc
+            .call(Req::PowerOff(PowerOffRequest {}))
+            .await
+            .map(drop)
+    }
+
+    /// Streams a tar of `path` out of the container, `docker cp` style: the
+    /// top entry is named after the last component of `path` ("dir/."
+    /// gives the directory's contents), symlinks inside are archived as
+    /// links. The path is resolved inside the container (volumes included;
+    /// /proc, /sys and /dev refused). A path that cannot be archived fails
+    /// here with `ClientError::Remote` (`code` NOT_FOUND for a missing one,
+    /// `element` the path); a failure half way fails the download's reads.
+    pub async fn archive_get(&self, path: &str) -> Result<ArchiveDownload, ClientError> {
+        archive::get(self.handle()?, path).await
+    }
+
+    /// Unpacks the tar read from `tar` into the directory `path` of the
+    /// container, which must exist (else `ClientError::Remote`, INVALID_ARGUMENT
+    /// "... is not a directory", or NOT_FOUND "... does not exist"). Owners,
+    /// modes and device nodes are restored as in the tar; entries that would
+    /// leave `path` are refused. A failure names the tar entry in
+    /// `ClientError::Remote::element`; entries before it stay applied. An
+    /// error reading `tar` cancels the transfer (`ClientError::ArchiveSource`).
+    pub async fn archive_put<R>(&self, path: &str, tar: R) -> Result<ArchiveResult, ClientError>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        archive::put(self.handle()?, path, tar).await
+    }
+
+    /// What `path` in the container is (not following a final symlink), as
+    /// `archive_get` would see it.
+    pub async fn archive_stat(&self, path: &str) -> Result<PathStat, ClientError> {
+        archive::stat(self.handle()?, path).await
+    }
+
+    fn handle(&self) -> Result<&Handle<Verifier>, ClientError> {
+        self.handle.as_ref().ok_or(ClientError::Closed)
     }
 
     /// Attaches to a session's streams from the given offsets. With

@@ -165,6 +165,12 @@ pub fn read_spec() -> Result<ContainerSpec, BootError> {
     spec::read_spec_with(&LinuxSyscall)
 }
 
+/// Whether the spec asks for maintenance mode (no process, only serving
+/// the host): `spec.maintenance`, or no primary session.
+pub fn maintenance(spec: &ContainerSpec) -> bool {
+    spec::maintenance(spec)
+}
+
 /// Mounts the container root file system, moves the pseudo file systems
 /// into it and makes it `/`.
 pub fn enter_rootfs(spec: &ContainerSpec) -> Result<(), BootError> {

@@ -156,6 +156,12 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> BootError {
     }
 }
 
+/// Whether the spec asks for maintenance mode: `maintenance` set, or no
+/// primary session at all.
+pub(super) fn maintenance(spec: &ContainerSpec) -> bool {
+    spec.maintenance || spec.primary.is_none()
+}
+
 /// Checks the fields the boot cannot do without.
 fn validate(spec: &ContainerSpec) -> Result<(), BootError> {
     let rootfs = spec
@@ -175,11 +181,10 @@ fn validate(spec: &ContainerSpec) -> Result<(), BootError> {
     if keys.authorized_key.is_empty() {
         return Err(invalid("spec.keys.authorized_key", "is empty"));
     }
-    let primary = spec
-        .primary
-        .as_ref()
-        .ok_or_else(|| invalid("spec.primary", "is missing"))?;
-    if primary.args.is_empty() {
+    // Without a primary session the VM comes up in maintenance mode.
+    if let Some(primary) = spec.primary.as_ref().filter(|_| !spec.maintenance)
+        && primary.args.is_empty()
+    {
         return Err(invalid("spec.primary.args", "is empty"));
     }
     for (i, m) in spec.mounts.iter().enumerate() {
@@ -343,7 +348,6 @@ mod tests {
                 |s| s.keys.as_mut().unwrap().authorized_key.clear(),
                 "spec.keys.authorized_key is empty",
             ),
-            (|s| s.primary = None, "spec.primary is missing"),
             (
                 |s| s.primary.as_mut().unwrap().args.clear(),
                 "spec.primary.args is empty",
@@ -359,6 +363,15 @@ mod tests {
             ),
         ];
         assert!(validate(&good_spec()).is_ok());
+        assert!(!maintenance(&good_spec()));
+        // Maintenance mode needs no primary session, or ignores it.
+        let mut spec = good_spec();
+        spec.primary = None;
+        assert!(validate(&spec).is_ok() && maintenance(&spec));
+        let mut spec = good_spec();
+        spec.primary.as_mut().unwrap().args.clear();
+        spec.maintenance = true;
+        assert!(validate(&spec).is_ok() && maintenance(&spec));
         for (break_it, want) in cases {
             let mut spec = good_spec();
             break_it(&mut spec);

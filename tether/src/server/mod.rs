@@ -1,10 +1,13 @@
 //! The SSH server the host talks to, over the transport.
 //!
 //! Owns authentication (only the one authorized client key from the spec
-//! gets in), channel set-up, and dispatch of channels to the RPC service
-//! (`rpc`) or to attach streams (`attach`). Must not start processes itself:
-//! that is `session`'s job.
+//! gets in), channel set-up, dispatch of channels to the RPC service
+//! (`rpc`), attach streams (`attach`) or archive transfers (`archive`), and
+//! whether a host is connected (`host_presence`). Must not start processes
+//! itself (that is `session`'s job) nor power off (that is `main`'s, told
+//! through `Shared::power_off`).
 
+mod archive;
 mod attach;
 mod rpc;
 
@@ -18,6 +21,7 @@ use proto::v1::AttachRequest;
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use tokio::sync::{Notify, watch};
 
 use crate::session::Sessions;
 use crate::transport::Port;
@@ -36,11 +40,17 @@ pub struct Shared {
     pub authorized: PublicKey,
     pub hostname: String,
     pub booted_at: i64,
+    /// The VM runs in maintenance mode (no primary session).
+    pub maintenance: bool,
+    /// Notified once the host asked to power off and has the answer.
+    pub power_off: Arc<Notify>,
 }
 
 pub struct Server {
     config: Arc<russh::server::Config>,
     shared: Arc<Shared>,
+    /// Whether a host connection is up (handshake done, not yet gone).
+    presence: watch::Sender<bool>,
 }
 
 impl Server {
@@ -49,6 +59,8 @@ impl Server {
         sessions: Arc<Sessions>,
         hostname: String,
         booted_at: i64,
+        maintenance: bool,
+        power_off: Arc<Notify>,
     ) -> Result<Self, ServerError> {
         let host_key =
             PrivateKey::from_openssh(keys.host_key.as_bytes()).map_err(ServerError::HostKey)?;
@@ -75,8 +87,16 @@ impl Server {
                 authorized,
                 hostname,
                 booted_at,
+                maintenance,
+                power_off,
             }),
+            presence: watch::Sender::new(false),
         })
+    }
+
+    /// Follows whether a host is connected.
+    pub fn host_presence(&self) -> watch::Receiver<bool> {
+        self.presence.subscribe()
     }
 
     /// Serves one host connection after another on the port at `path`.
@@ -102,6 +122,7 @@ impl Server {
                 crate::info!("host handshake failed: {e}");
                 continue;
             }
+            self.presence.send_replace(true);
             let conn = Conn {
                 shared: self.shared.clone(),
                 channels: HashMap::new(),
@@ -118,6 +139,7 @@ impl Server {
                 },
                 _ = watch.until_gone() => crate::info!("host disconnected"),
             }
+            self.presence.send_replace(false);
             // Whatever still holds the port must let go of it.
             cutter.cut();
         }
@@ -190,10 +212,14 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match (name == proto::RPC_SUBSYSTEM, self.channels.remove(&id)) {
-            (true, Some(channel)) => {
+        match (name, self.channels.remove(&id)) {
+            (proto::RPC_SUBSYSTEM, Some(channel)) => {
                 session.channel_success(id)?;
                 tokio::spawn(rpc::serve(channel, self.shared.clone()));
+            }
+            (proto::ARCHIVE_SUBSYSTEM, Some(channel)) => {
+                session.channel_success(id)?;
+                tokio::spawn(archive::serve(channel));
             }
             _ => session.channel_failure(id)?,
         }
@@ -236,5 +262,54 @@ impl russh::server::Handler for Conn {
         // clients proceed.
         session.channel_success(id)?;
         Ok(())
+    }
+}
+
+/// Returns once no host has been connected for `grace` in a row: from the
+/// start, or after a disconnection. A host that connects within the grace
+/// period starts the count afresh when it goes.
+pub async fn until_host_absent_for(mut presence: watch::Receiver<bool>, grace: Duration) {
+    loop {
+        if presence.wait_for(|up| !*up).await.is_err() {
+            // The server is gone: nobody will ever connect again.
+            return;
+        }
+        let back = tokio::time::timeout(grace, presence.wait_for(|up| *up)).await;
+        match back {
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn absence_counts_from_start_and_from_each_disconnection() {
+        let grace = Duration::from_millis(100);
+        let (tx, rx) = watch::channel(false);
+        // Nobody ever comes.
+        let t0 = std::time::Instant::now();
+        until_host_absent_for(rx.clone(), grace).await;
+        assert!(t0.elapsed() >= grace);
+
+        // A host comes in time, stays a while, leaves, and returns in time:
+        // the wait goes on.
+        let waiter = tokio::spawn(until_host_absent_for(rx, grace));
+        tokio::time::sleep(grace / 2).await;
+        tx.send_replace(true);
+        tokio::time::sleep(grace * 2).await;
+        assert!(!waiter.is_finished(), "a connected host counts as present");
+        tx.send_replace(false);
+        tokio::time::sleep(grace / 2).await;
+        tx.send_replace(true);
+        tokio::time::sleep(grace * 2).await;
+        assert!(!waiter.is_finished(), "the host came back in time");
+        let t1 = std::time::Instant::now();
+        tx.send_replace(false);
+        waiter.await.unwrap();
+        assert!(t1.elapsed() >= grace);
     }
 }

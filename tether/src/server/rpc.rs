@@ -2,7 +2,9 @@
 //! channel that asked for the `tether-rpc-v1` subsystem.
 //!
 //! Requests are served concurrently (a `Wait` must not hold up a `Ping`);
-//! each response carries its request's id.
+//! each response carries its request's id. `PowerOff` is answered, then
+//! passed on to `main` through `Shared::power_off`: powering off is not this
+//! module's job.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,18 +16,24 @@ use proto::v1::{
 };
 use russh::Channel;
 use russh::server::Msg;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use crate::session::SessionError;
 
+/// A response, and who wants to know once it is written.
+type Outgoing = (Response, Option<oneshot::Sender<()>>);
+
 pub async fn serve(channel: Channel<Msg>, shared: Arc<Shared>) {
     let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
-    let (tx, mut rx) = mpsc::channel::<Response>(64);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(64);
     let writer = tokio::spawn(async move {
-        while let Some(resp) = rx.recv().await {
+        while let Some((resp, written)) = rx.recv().await {
             if write_message(&mut wr, &resp).await.is_err() {
                 break;
+            }
+            if let Some(w) = written {
+                let _ = w.send(());
             }
         }
     });
@@ -34,11 +42,20 @@ pub async fn serve(channel: Channel<Msg>, shared: Arc<Shared>) {
             Ok(Some(req)) => {
                 let (tx, shared) = (tx.clone(), shared.clone());
                 tokio::spawn(async move {
+                    let power_off = matches!(req.body, Some(Req::PowerOff(_)));
                     let resp = Response {
                         id: req.id,
                         body: Some(handle(&shared, req.body).await),
                     };
-                    let _ = tx.send(resp).await;
+                    if !power_off {
+                        let _ = tx.send((resp, None)).await;
+                        return;
+                    }
+                    // Answer first: the VM is gone soon after.
+                    let (done, written) = oneshot::channel();
+                    let _ = tx.send((resp, Some(done))).await;
+                    let _ = written.await;
+                    shared.power_off.notify_one();
                 });
             }
             Ok(None) => break,
@@ -130,6 +147,7 @@ pub async fn handle(shared: &Shared, body: Option<Req>) -> Resp {
                 sessions: list.iter().map(|s| s.status()).collect(),
                 hostname: shared.hostname.clone(),
                 booted_at_unix_nanos: shared.booted_at,
+                maintenance: shared.maintenance,
             })
         }
         Req::Ack(x) => match sessions.get(&x.session) {
@@ -140,6 +158,8 @@ pub async fn handle(shared: &Shared, body: Option<Req>) -> Resp {
             }
             Err(e) => session_err(e, &x.session),
         },
+        // `serve` tells `main` once this answer is written.
+        Req::PowerOff(_) => Resp::Ok(Empty {}),
         Req::Stop(x) => match sessions.get(&x.session) {
             Ok(s) => match s
                 .stop(x.signal, Duration::from_secs(u64::from(x.timeout_seconds)))

@@ -8,7 +8,7 @@
 //! it outlives an appliance restart, after which `recover` reconnects and
 //! resumes the logs where they end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use proto::v1::SessionSpec;
 use russh::keys::PrivateKey;
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
 use super::accel::Accel;
 use super::artifacts::BootArtifacts;
@@ -23,7 +24,8 @@ use super::qemu::{Vm, read_lossy};
 use super::qmp::Qmp;
 use super::vm::{self, VmOptions, VolumeDisk};
 use crate::backend::{
-    AttachInput, AttachOutput, AttachStream, Backend, BackendError, BackendEvent, Disks, Events,
+    ArchiveRead, ArchiveSummary, AttachInput, AttachOutput, AttachStream, Backend, BackendError,
+    BackendEvent, Disks, Events,
 };
 use crate::interaction::logs::LogWriter;
 use crate::interaction::persist;
@@ -47,6 +49,8 @@ pub struct LocalBackend {
     /// Image and volume disks, from the storage component.
     disks: Arc<dyn Disks>,
     running: Mutex<HashMap<String, Arc<Running>>>,
+    /// Containers whose disks are booted for a copy right now.
+    maintenance: Mutex<HashSet<String>>,
     events: Mutex<Option<Events>>,
     me: Weak<LocalBackend>,
 }
@@ -108,6 +112,7 @@ impl LocalBackend {
             key,
             disks,
             running: Mutex::new(HashMap::new()),
+            maintenance: Mutex::new(HashSet::new()),
             events: Mutex::new(None),
             me: me.clone(),
         })
@@ -138,6 +143,94 @@ impl LocalBackend {
             .get(id)
             .cloned()
             .ok_or_else(|| BackendError::NotRunning(id.into()))
+    }
+
+    /// The disks a container VM gets: its image's base and its volumes.
+    fn disks_of(&self, c: &Container) -> Result<(PathBuf, Vec<VolumeDisk>), BackendError> {
+        let base = self
+            .disks
+            .image_disk(&c.image_id)
+            .map_err(|e| BackendError::failed(&c.id, e))?;
+        let mut volumes = Vec::new();
+        for m in &c.mounts {
+            let (path, serial) = self
+                .disks
+                .volume_disk(&m.volume)
+                .map_err(|e| BackendError::failed(&c.id, e))?;
+            volumes.push(VolumeDisk {
+                path,
+                serial,
+                target: m.path.clone(),
+                read_only: m.read_only,
+            });
+        }
+        Ok((base, volumes))
+    }
+
+    /// The tether of a running container, or of its disks booted in
+    /// maintenance mode (ended with `Maintenance::finish`).
+    async fn tether_for_copy(&self, c: &Container) -> Result<CopyTether, BackendError> {
+        if let Ok(run) = self.get(&c.id) {
+            return Ok(CopyTether::Running(run));
+        }
+        {
+            let mut m = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+            if !m.insert(c.id.clone()) {
+                return Err(BackendError::failed(
+                    &c.id,
+                    "Another copy is using the container's disks; try again when it ends",
+                ));
+            }
+        }
+        let booted = self.boot_maintenance(c).await;
+        if booted.is_err() {
+            self.end_maintenance(&c.id);
+        }
+        booted.map(|m| CopyTether::Maintenance(Box::new(m)))
+    }
+
+    fn end_maintenance(&self, id: &str) {
+        self.maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    async fn boot_maintenance(&self, c: &Container) -> Result<Maintenance, BackendError> {
+        let (base, volumes) = self.disks_of(c)?;
+        let dir = self.dir(&c.id);
+        // Its own sockets and console, beside the container's.
+        let work = dir.join("copy");
+        std::fs::create_dir_all(&work).map_err(|e| BackendError::failed(&c.id, e))?;
+        let mut opts = VmOptions::new(
+            &c.id,
+            self.artifacts.clone(),
+            base,
+            work,
+            SessionSpec::default(),
+        );
+        opts.maintenance = true;
+        opts.root_disk = Some(dir.join("root.qcow2"));
+        opts.volumes = volumes;
+        opts.hostname.clone_from(&c.hostname);
+        opts.accel = self.accel;
+        opts.memory_mib = c.memory_mib;
+        opts.linger_seconds = 60;
+        let mut launched =
+            vm::launch(&opts, self.key.public_key()).map_err(|e| BackendError::failed(&c.id, e))?;
+        let client = match launched.connect(&self.key, BOOT_TIMEOUT).await {
+            Ok(client) => client,
+            Err(e) => {
+                let _ = launched.vm.kill().await;
+                return Err(BackendError::failed(&c.id, e));
+            }
+        };
+        Ok(Maintenance {
+            id: c.id.clone(),
+            launched,
+            client,
+            backend: self.self_arc(),
+        })
     }
 
     pub fn log_file(&self, id: &str, task: &str) -> PathBuf {
@@ -307,6 +400,53 @@ impl LocalBackend {
     }
 }
 
+/// Where a copy talks to: the running container's tether, or one booted
+/// for the copy.
+enum CopyTether {
+    Running(Arc<Running>),
+    Maintenance(Box<Maintenance>),
+}
+
+impl CopyTether {
+    fn client(&self) -> &Client {
+        match self {
+            CopyTether::Running(r) => &r.client,
+            CopyTether::Maintenance(m) => &m.client,
+        }
+    }
+
+    async fn finish(self) {
+        if let CopyTether::Maintenance(m) = self {
+            m.finish().await;
+        }
+    }
+}
+
+/// A stopped container's disks, booted with no process for a copy.
+struct Maintenance {
+    id: String,
+    launched: vm::Launched,
+    client: Client,
+    backend: Arc<LocalBackend>,
+}
+
+impl Maintenance {
+    /// Powers the VM off cleanly (the tether syncs and unmounts: what was
+    /// copied in is on disk), killing it if it does not go.
+    async fn finish(mut self) {
+        let _ = self.client.power_off().await;
+        let gone = tokio::time::timeout(Duration::from_secs(30), self.launched.vm.wait()).await;
+        if gone.is_err() {
+            tracing::warn!(
+                "container {}: copy VM did not power off; killing it",
+                self.id
+            );
+            let _ = self.launched.vm.kill().await;
+        }
+        self.backend.end_maintenance(&self.id);
+    }
+}
+
 #[async_trait::async_trait]
 impl Backend for LocalBackend {
     async fn create(&self, c: &Container) -> Result<(), BackendError> {
@@ -321,23 +461,18 @@ impl Backend for LocalBackend {
     }
 
     async fn start(&self, c: &Container) -> Result<(), BackendError> {
-        let base = self
-            .disks
-            .image_disk(&c.image_id)
-            .map_err(|e| BackendError::failed(&c.id, e))?;
-        let mut volumes = Vec::new();
-        for m in &c.mounts {
-            let (path, serial) = self
-                .disks
-                .volume_disk(&m.volume)
-                .map_err(|e| BackendError::failed(&c.id, e))?;
-            volumes.push(VolumeDisk {
-                path,
-                serial,
-                target: m.path.clone(),
-                read_only: m.read_only,
-            });
+        if self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&c.id)
+        {
+            return Err(BackendError::failed(
+                &c.id,
+                "A copy is using the container's disks; start it when the copy ends",
+            ));
         }
+        let (base, volumes) = self.disks_of(c)?;
         let primary = c
             .tasks
             .get(&c.id)
@@ -518,6 +653,56 @@ impl Backend for LocalBackend {
             }
         });
         Ok(AttachStream { output, input })
+    }
+
+    async fn archive_get(&self, c: &Container, path: &str) -> Result<ArchiveRead, BackendError> {
+        let t = self.tether_for_copy(c).await?;
+        let mut dl = match t.client().archive_get(path).await {
+            Ok(dl) => dl,
+            Err(e) => {
+                t.finish().await;
+                return Err(BackendError::failed(&c.id, e));
+            }
+        };
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                match dl.next_chunk().await {
+                    Ok(Some(b)) => {
+                        if tx.send(Ok(b)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string())).await;
+                        break;
+                    }
+                }
+            }
+            drop(dl);
+            t.finish().await;
+        });
+        Ok(ArchiveRead { data: rx })
+    }
+
+    async fn archive_put(
+        &self,
+        c: &Container,
+        path: &str,
+        tar: mpsc::Receiver<bytes::Bytes>,
+    ) -> Result<ArchiveSummary, BackendError> {
+        use futures::StreamExt;
+        let t = self.tether_for_copy(c).await?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(tar).map(Ok::<_, std::io::Error>);
+        let reader = tokio_util::io::StreamReader::new(stream);
+        let r = t.client().archive_put(path, reader).await;
+        t.finish().await;
+        let r = r.map_err(|e| BackendError::failed(&c.id, e))?;
+        Ok(ArchiveSummary {
+            entries: r.entries,
+            bytes: r.bytes,
+        })
     }
 
     fn log_path(&self, id: &str, task: &str) -> Option<PathBuf> {

@@ -75,6 +75,11 @@ pub struct VmOptions {
     pub extra_ports: Vec<(String, PathBuf)>,
     /// Volume disks, mounted by the tether in order.
     pub volumes: Vec<VolumeDisk>,
+    /// Boot the container's disks with no process: the tether only serves
+    /// the host (copies into and out of a stopped container).
+    pub maintenance: bool,
+    /// The container's copy-on-write root disk, if not `workdir/root.qcow2`.
+    pub root_disk: Option<PathBuf>,
 }
 
 /// A volume's disk and where the container sees it.
@@ -113,6 +118,8 @@ impl VmOptions {
             detached: false,
             extra_ports: vec![],
             volumes: vec![],
+            maintenance: false,
+            root_disk: None,
         }
     }
 }
@@ -147,7 +154,8 @@ pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmEr
             fstype: "ext4".into(),
             read_only: false,
         }),
-        primary: Some(opts.primary.clone()),
+        primary: (!opts.maintenance).then(|| opts.primary.clone()),
+        maintenance: opts.maintenance,
         keys: Some(Keys {
             host_key: keys::private_openssh(&host_key).map_err(|e| VmError::Keys(id.clone(), e))?,
             authorized_key: keys::public_openssh(client_key)
@@ -175,7 +183,10 @@ pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmEr
     let spec_file = w.join("spec.pb");
     write_private(&spec_file, &spec.encode_to_vec())
         .map_err(|e| VmError::Write(id.clone(), spec_file.clone(), e))?;
-    let root = w.join("root.qcow2");
+    let root = opts
+        .root_disk
+        .clone()
+        .unwrap_or_else(|| w.join("root.qcow2"));
     // A container keeps its disk across restarts: make it only once.
     if !root.exists() {
         disk::overlay(&opts.rootfs_base, &root).map_err(|e| VmError::Disk(id.clone(), e))?;
