@@ -59,9 +59,12 @@ impl Use {
     }
 }
 
-/// Replaces the container's uses, checking each one exists.
-fn write_uses(tx: &Transaction<'_>, id: &str, uses: &[Use]) -> Result<(), StoreError> {
-    tx.execute("DELETE FROM container_uses WHERE container = ?1", [id])?;
+/// Replaces the container's uses, checking each one exists. `fresh`: the
+/// container was just inserted and has none yet.
+fn write_uses(tx: &Transaction<'_>, id: &str, uses: &[Use], fresh: bool) -> Result<(), StoreError> {
+    if !fresh {
+        tx.execute("DELETE FROM container_uses WHERE container = ?1", [id])?;
+    }
     for u in uses {
         let sql = match u {
             Use::Image(_) => "SELECT 1 FROM images WHERE id = ?1",
@@ -234,7 +237,7 @@ impl Store {
                     rec.updated_at
                 ],
             )?;
-            write_uses(tx, &rec.id, &rec.uses)?;
+            write_uses(tx, &rec.id, &rec.uses, true)?;
             Ok(1)
         })
     }
@@ -327,7 +330,7 @@ impl Store {
                     version_to_db(current)
                 ],
             )?;
-            write_uses(tx, &rec.id, &rec.uses)?;
+            write_uses(tx, &rec.id, &rec.uses, false)?;
             Ok(next)
         })
     }
