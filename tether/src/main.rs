@@ -150,10 +150,15 @@ async fn run() -> Result<(), Fatal> {
     for s in sessions.list() {
         s.kill_group();
     }
+    // Done when every byte is acknowledged and the host has been sent the
+    // primary's exit status (a process that ends before the host connects
+    // must not take its exit code with it).
     let drained = tokio::time::timeout(linger, async {
-        while !sessions.list().iter().all(|s| s.drained()) {
+        while !(sessions.list().iter().all(|s| s.drained()) && primary.exit_delivered()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Let the last reply leave the channel.
+        tokio::time::sleep(REPLY_FLUSH).await;
     });
     tokio::select! {
         drained = drained => if drained.is_err() {

@@ -12,16 +12,44 @@ use nix::unistd::{Pid, sync};
 
 /// Signals every process but ourselves, waiting up to `wait` for them to go.
 async fn signal_all(sig: Signal, wait: Duration) {
-    let all = Pid::from_raw(-1);
-    if kill(all, sig).is_err() {
+    if !user_processes_left() || kill(Pid::from_raw(-1), sig).is_err() {
         return;
     }
     let deadline = Instant::now() + wait;
-    // kill(-1, 0) fails with ESRCH once no other process is left; the
-    // reaper collects the exits meanwhile.
-    while kill(all, None).is_ok() && Instant::now() < deadline {
+    // The reaper collects the exits meanwhile. (kill(-1, 0) cannot tell:
+    // it succeeds as long as kernel threads exist, which is always.)
+    while user_processes_left() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Whether any process but PID 1 and the kernel's threads is left.
+fn user_processes_left() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        is_user_process(pid, &stat)
+    })
+}
+
+/// From `/proc/<pid>/stat`: not PID 1, not kthreadd (2) nor one of its
+/// children (kernel threads). A process that is gone reads as empty.
+fn is_user_process(pid: u32, stat: &str) -> bool {
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let ppid = rest
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u32>().ok());
+    pid > 2 && ppid.is_some_and(|p| p != 2)
 }
 
 /// Mount points of block devices other than `/`, from a mount table
@@ -91,6 +119,16 @@ pub async fn off() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_threads_and_init_are_not_waited_for() {
+        assert!(!is_user_process(1, "1 (tether) S 0 1 1 0"));
+        assert!(!is_user_process(2, "2 (kthreadd) S 0 0 0 0"));
+        assert!(!is_user_process(17, "17 (kworker/0:1-events) I 2 0 0 0"));
+        assert!(is_user_process(240, "240 (sleep) S 1 240 240 0"));
+        assert!(is_user_process(241, "241 (my (odd) name) Z 240 240 240 0"));
+        assert!(!is_user_process(242, ""));
+    }
 
     #[test]
     fn volumes_are_unmounted_innermost_first_and_root_is_left() {

@@ -131,7 +131,11 @@ pub async fn handle(shared: &Shared, body: Option<Req>) -> Resp {
             Err(e) => session_err(e, &x.session),
         },
         Req::Wait(x) => match sessions.get(&x.session) {
-            Ok(s) => Resp::Session(s.wait().await),
+            Ok(s) => {
+                let status = s.wait().await;
+                s.mark_exit_delivered();
+                Resp::Session(status)
+            }
             Err(e) => session_err(e, &x.session),
         },
         Req::Status(x) => {

@@ -79,6 +79,9 @@ pub struct Session {
     life: watch::Sender<Life>,
     stdin: tokio::sync::Mutex<Option<Stdin>>,
     pty: Mutex<Option<Arc<AsyncFd<OwnedFd>>>>,
+    /// The host has been sent the exit status (on an attach channel or in
+    /// a `Wait` reply).
+    exit_delivered: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -108,6 +111,7 @@ impl Session {
             }),
             stdin: tokio::sync::Mutex::new(None),
             pty: Mutex::new(None),
+            exit_delivered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -141,6 +145,18 @@ impl Session {
     /// True once the process has exited and its output is closed.
     pub fn finished(&self) -> bool {
         self.life().exited() && self.stdout.marks().closed && self.stderr.marks().closed
+    }
+
+    /// Notes that the exit status went to the host.
+    pub fn mark_exit_delivered(&self) {
+        self.exit_delivered
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the host has been sent the exit status.
+    pub fn exit_delivered(&self) -> bool {
+        self.exit_delivered
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// True once finished and the host acknowledged every byte.
