@@ -444,23 +444,7 @@ fn docker_save_archives_import_and_escaping_archives_are_refused() {
 
     // A layer with an entry that climbs out: refused, naming layer and
     // entry, nothing listed and nothing written outside.
-    let evil_layer = {
-        let mut h = tar::Header::new_gnu();
-        let name = b"../../../../../../tmp/escaped-by-layer";
-        h.as_old_mut().name[..name.len()].copy_from_slice(name);
-        h.set_size(4);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
-        let mut t = h.as_bytes().to_vec();
-        t.extend(b"evil");
-        t.resize(512 * 2, 0);
-        t.extend([0u8; 1024]);
-        t
-    };
+    let evil_layer = raw_tar(b"../../../../../../tmp/escaped-by-layer", b"evil");
     let diff_id = tests::oci_image::sha256(&evil_layer);
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {},

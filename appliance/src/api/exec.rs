@@ -87,7 +87,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub(crate) fn parse(&self) -> Result<policy::Policy, policy::PolicyError> {
+    fn parse(&self) -> Result<policy::Policy, policy::PolicyError> {
         let constraint: Constraint = self.constraint.parse()?;
         Ok(policy::Policy::new(
             constraint,
@@ -172,21 +172,25 @@ pub struct CreateSpec {
     pub mounts: Vec<model::VolumeMount>,
 }
 
-impl CreateSpec {
-    fn into_engine(self) -> Result<EngineSpec, ApiError> {
-        let policies = self
-            .policies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                p.parse().map_err(|source| {
-                    ApiError::from(PortError::Policy {
-                        element: format!("policies[{i}]"),
-                        source,
-                    })
+/// Parses a request's policies; an error names `policies[i]`.
+pub(crate) fn parse_policies(policies: &[Policy]) -> Result<Vec<policy::Policy>, ApiError> {
+    policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.parse().map_err(|source| {
+                ApiError::from(PortError::Policy {
+                    element: format!("policies[{i}]"),
+                    source,
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+        })
+        .collect()
+}
+
+impl CreateSpec {
+    fn into_engine(self) -> Result<EngineSpec, ApiError> {
+        let policies = parse_policies(&self.policies)?;
         Ok(EngineSpec {
             name: self.name,
             image: self.image,

@@ -23,12 +23,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::exec::{HandleBody, Policy};
+use super::exec::{HandleBody, Policy, parse_policies};
 use super::extract::{JsonBody, PathArgs, QueryArgs};
 use crate::backend::ArchiveSummary;
-use crate::portlayer::exec::PortError;
 use crate::portlayer::model::VolumeMount;
-use crate::portlayer::storage::{PullEvent, PullSpec, Storage, VolumeSpec};
+use crate::portlayer::storage::{PullEvent, PullSpec, Storage, StorageError, VolumeSpec};
 use crate::storage::model::{Image, StoreUsage, Volume};
 use crate::store::StoreKind;
 
@@ -58,6 +57,16 @@ pub fn routes() -> Router<ApiState> {
         .route("/storage/handles/volume-join", post(volume_join))
         .route("/storage/handles/volume-leave", post(volume_leave))
         .route("/storage/archive/{id}", get(archive_get).put(archive_put))
+}
+
+/// Runs a storage call that does file I/O off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))?
+        .map_err(ApiError::from)
 }
 
 fn storage(s: &ApiState) -> Result<Arc<Storage>, ApiError> {
@@ -144,9 +153,7 @@ pub async fn remove_image(
     PathArgs(image): PathArgs<String>,
 ) -> Result<axum::Json<Removed>, ApiError> {
     let st = storage(&s)?;
-    let removed = tokio::task::spawn_blocking(move || st.remove_image(&image))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    let removed = blocking(move || st.remove_image(&image)).await?;
     Ok(axum::Json(Removed { removed }))
 }
 
@@ -283,12 +290,11 @@ pub async fn import(
         .into_data_stream()
         .map(|r| r.map_err(std::io::Error::other));
     let reader = tokio_util::io::StreamReader::new(stream);
-    let images = tokio::task::spawn_blocking(move || {
+    let images = blocking(move || {
         let sync = tokio_util::io::SyncIoBridge::new(reader);
         st.import(sync, &q.store, q.tag.as_deref())
     })
-    .await
-    .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    .await?;
     Ok(axum::Json(images))
 }
 
@@ -309,9 +315,7 @@ pub async fn image_stores(
     State(s): State<ApiState>,
 ) -> Result<axum::Json<Vec<StoreUsage>>, ApiError> {
     let st = storage(&s)?;
-    let out = tokio::task::spawn_blocking(move || st.stores(StoreKind::Image))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    let out = blocking(move || st.stores(StoreKind::Image)).await?;
     Ok(axum::Json(out))
 }
 
@@ -341,9 +345,7 @@ pub async fn volume_stores(
     State(s): State<ApiState>,
 ) -> Result<axum::Json<Vec<StoreUsage>>, ApiError> {
     let st = storage(&s)?;
-    let out = tokio::task::spawn_blocking(move || st.stores(StoreKind::Volume))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    let out = blocking(move || st.stores(StoreKind::Volume)).await?;
     Ok(axum::Json(out))
 }
 
@@ -396,9 +398,7 @@ pub async fn create_volume(
     JsonBody(spec): JsonBody<VolumeSpec>,
 ) -> Result<(StatusCode, axum::Json<Volume>), ApiError> {
     let st = storage(&s)?;
-    let v = tokio::task::spawn_blocking(move || st.create_volume(&spec))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    let v = blocking(move || st.create_volume(&spec)).await?;
     Ok((StatusCode::CREATED, axum::Json(v)))
 }
 
@@ -467,19 +467,7 @@ pub async fn volume_join(
     State(s): State<ApiState>,
     JsonBody(r): JsonBody<VolumeJoinRequest>,
 ) -> Result<axum::Json<HandleBody>, ApiError> {
-    let policies = r
-        .policies
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            p.parse().map_err(|source| {
-                ApiError::from(PortError::Policy {
-                    element: format!("policies[{i}]"),
-                    source,
-                })
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let policies = parse_policies(&r.policies)?;
     let handle = s.pl.volume_join(
         &r.handle,
         VolumeMount {

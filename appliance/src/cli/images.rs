@@ -283,26 +283,31 @@ pub async fn pull(client: &Client, args: PullArgs) -> anyhow::Result<u8> {
     )
 }
 
+/// A table of the image or volume stores at `path`, `items` naming what
+/// they hold.
+pub async fn stores(client: &Client, path: &str, items: &str) -> anyhow::Result<u8> {
+    let stores: Vec<appliance::storage::model::StoreUsage> = client.get(path).await?;
+    println!(
+        "{:<16} {items:>7} {:>10} {:>10}  PATH",
+        "STORE", "USED", "FREE"
+    );
+    for s in stores {
+        println!(
+            "{:<16} {:>7} {:>10} {:>10}  {}",
+            s.name,
+            s.items,
+            human(s.used_bytes),
+            human(s.free_bytes),
+            s.path
+        );
+    }
+    Ok(0)
+}
+
 /// `appliance images`: a table of images (or of the image stores).
 pub async fn images(client: &Client, args: ImagesArgs) -> anyhow::Result<u8> {
     if args.stores {
-        let stores: Vec<appliance::storage::model::StoreUsage> =
-            client.get("/storage/image-stores").await?;
-        println!(
-            "{:<16} {:>7} {:>10} {:>10}  PATH",
-            "STORE", "IMAGES", "USED", "FREE"
-        );
-        for s in stores {
-            println!(
-                "{:<16} {:>7} {:>10} {:>10}  {}",
-                s.name,
-                s.items,
-                human(s.used_bytes),
-                human(s.free_bytes),
-                s.path
-            );
-        }
-        return Ok(0);
+        return stores(client, "/storage/image-stores", "IMAGES").await;
     }
     let path = with_query("/storage/images", &[("filter", args.filter)]);
     let images: Vec<Image> = client.get(&path).await?;

@@ -163,7 +163,7 @@ pub fn env_vars(given: &[String], lookup: impl Fn(&str) -> Option<String>) -> Ve
 }
 
 /// `key=value` or `key` (empty value).
-fn labels(given: &[String]) -> BTreeMap<String, String> {
+pub fn labels(given: &[String]) -> BTreeMap<String, String> {
     given
         .iter()
         .map(|l| match l.split_once('=') {

@@ -2,7 +2,7 @@
 //! volumes through the REST server.
 
 use appliance::portlayer::storage::VolumeSpec;
-use appliance::storage::model::{StoreUsage, Volume};
+use appliance::storage::model::Volume;
 use clap::{Args, Subcommand};
 
 use super::client::{Client, encode, with_query};
@@ -82,14 +82,7 @@ pub async fn volume(client: &Client, cmd: VolumeCommand) -> anyhow::Result<u8> {
                 name: a.name.unwrap_or_default(),
                 store: a.store,
                 size_mib: parse_size(&a.size)?,
-                labels: a
-                    .label
-                    .iter()
-                    .map(|l| match l.split_once('=') {
-                        Some((k, v)) => (k.to_string(), v.to_string()),
-                        None => (l.clone(), String::new()),
-                    })
-                    .collect(),
+                labels: super::run::labels(&a.label),
             };
             let v: Volume = client.post("/storage/volumes", &spec).await?;
             println!("{}", v.name);
@@ -97,22 +90,7 @@ pub async fn volume(client: &Client, cmd: VolumeCommand) -> anyhow::Result<u8> {
         }
         VolumeCommand::Ls(a) => {
             if a.stores {
-                let stores: Vec<StoreUsage> = client.get("/storage/volume-stores").await?;
-                println!(
-                    "{:<16} {:>7} {:>10} {:>10}  PATH",
-                    "STORE", "VOLUMES", "USED", "FREE"
-                );
-                for s in stores {
-                    println!(
-                        "{:<16} {:>7} {:>10} {:>10}  {}",
-                        s.name,
-                        s.items,
-                        human(s.used_bytes),
-                        human(s.free_bytes),
-                        s.path
-                    );
-                }
-                return Ok(0);
+                return super::images::stores(client, "/storage/volume-stores", "VOLUMES").await;
             }
             let path = with_query("/storage/volumes", &[("filter", a.filter)]);
             let vols: Vec<Volume> = client.get(&path).await?;

@@ -116,6 +116,23 @@ fn chain_says_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// A failed disk build: out of space in the store, or a bad build of
+/// `element` (an image or a volume).
+fn build_error(dir: &StoreDir, element: &str, source: RootfsError) -> StorageError {
+    if chain_says_no_space(&source) {
+        StorageError::NoSpace {
+            store: dir.name.clone(),
+            path: dir.path.clone(),
+            source: Box::new(source),
+        }
+    } else {
+        StorageError::Build {
+            image: element.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
 /// What a pull reports as it goes.
 #[derive(serde::Serialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "kebab-case")]
@@ -698,20 +715,8 @@ impl Storage {
                 path: dir.path.clone(),
                 source,
             })?;
-        rootfs::mkfs(None, tmp.path(), size_mib, &serial).map_err(|source| {
-            if source.is_no_space() {
-                StorageError::NoSpace {
-                    store: dir.name.clone(),
-                    path: dir.path.clone(),
-                    source: Box::new(source),
-                }
-            } else {
-                StorageError::Build {
-                    image: name.clone(),
-                    source: Box::new(source),
-                }
-            }
-        })?;
+        rootfs::mkfs(None, tmp.path(), size_mib, &serial)
+            .map_err(|source| build_error(&dir, &name, source))?;
         tmp.persist(&path).map_err(|e| StorageError::Io {
             what: "Creating volume disk",
             path: path.clone(),
@@ -837,20 +842,9 @@ fn ingest(
             source,
         })?;
     }
-    let built = rootfs::build(&layers, &dir.path.join("tmp"), &out).map_err(|source| {
-        if source.is_no_space() {
-            StorageError::NoSpace {
-                store: dir.name.clone(),
-                path: dir.path.clone(),
-                source: Box::new(source),
-            }
-        } else {
-            StorageError::Build {
-                image: names.first().cloned().unwrap_or_else(|| id.clone()),
-                source: Box::new(source),
-            }
-        }
-    })?;
+    let element = names.first().cloned().unwrap_or_else(|| id.clone());
+    let built = rootfs::build(&layers, &dir.path.join("tmp"), &out)
+        .map_err(|source| build_error(dir, &element, source))?;
     let img = Image {
         id: id.clone(),
         store: dir.name.clone(),

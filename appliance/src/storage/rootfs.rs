@@ -44,20 +44,6 @@ pub enum RootfsError {
     Mkfs { path: PathBuf, stderr: String },
 }
 
-impl RootfsError {
-    /// Whether the host ran out of space (or quota) while building.
-    pub fn is_no_space(&self) -> bool {
-        match self {
-            RootfsError::Layer { source, .. } => source.is_no_space(),
-            RootfsError::Open { source, .. } | RootfsError::Stage { source, .. } => {
-                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-            }
-            RootfsError::Mkfs { stderr, .. } => stderr.contains("No space left on device"),
-            RootfsError::Spawn(_) => false,
-        }
-    }
-}
-
 /// One layer to apply: its blob on disk and a name for errors.
 #[derive(Debug, Clone)]
 pub struct LayerFile {
