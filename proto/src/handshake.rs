@@ -49,17 +49,21 @@ pub async fn wait_for<R: AsyncRead + Unpin>(
     prefix: &str,
 ) -> std::io::Result<Option<String>> {
     while let Some(line) = read_line(r).await? {
-        // Stale binary data may run into the line: look for the prefix
-        // anywhere in it.
-        let text = String::from_utf8_lossy(&line);
-        if let Some(i) = text.find(prefix) {
-            let nonce = text[i + prefix.len()..].trim();
-            if valid_nonce(nonce) {
-                return Ok(Some(nonce.to_string()));
-            }
+        if let Some(nonce) = nonce_in(&line, prefix) {
+            return Ok(Some(nonce));
         }
     }
     Ok(None)
+}
+
+/// The valid nonce after `prefix` in `line`, if the line carries one.
+/// Stale binary data may run into the line: the prefix is looked for
+/// anywhere in it.
+pub fn nonce_in(line: &[u8], prefix: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    let i = text.find(prefix)?;
+    let nonce = text[i + prefix.len()..].trim();
+    valid_nonce(nonce).then(|| nonce.to_string())
 }
 
 pub fn hello_line(nonce: &str) -> String {

@@ -585,3 +585,70 @@ async fn host_logs_hold_every_byte_once_across_a_host_crash() {
         "VM did not power off after all output was acknowledged"
     );
 }
+
+/// A host connection whose answers are lost on the way (the tether got the
+/// hello and answered, the host never saw it) is abandoned once the tether
+/// is ready, and the next connection gets through. The proxy keeps one
+/// connection to QEMU for both host connections, so the tether never sees
+/// the first one go: it must answer the second hello, with its new nonce,
+/// while still waiting for the first one's SSH line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_connection_is_abandoned_for_a_fresh_one() {
+    use appliance::backend::local::vm::TetherAt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::net::{UnixListener, UnixStream};
+    let vm = boot(idle()).await;
+    let TestVm {
+        launched,
+        client,
+        key,
+        dir,
+    } = vm;
+    client.close().await;
+    let upstream = UnixStream::connect(&launched.vm.config.channel_socket)
+        .await
+        .unwrap();
+    let (mut up_r, mut up_w) = upstream.into_split();
+    let proxy = dir.path().join("proxy.sock");
+    let listener = UnixListener::bind(&proxy).unwrap();
+    let accepted = Arc::new(AtomicU32::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((down, _)) = listener.accept().await else {
+                return;
+            };
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            let (mut down_r, mut down_w) = down.into_split();
+            let to_tether = tokio::io::copy(&mut down_r, &mut up_w);
+            if n == 1 {
+                // Everything the tether says on this one is lost.
+                let mut sink = tokio::io::sink();
+                let lost = tokio::io::copy(&mut up_r, &mut sink);
+                tokio::select! { _ = to_tether => {}, _ = lost => {} }
+            } else {
+                let to_host = tokio::io::copy(&mut up_r, &mut down_w);
+                tokio::select! { _ = to_tether => {}, _ = to_host => {} }
+                return;
+            }
+        }
+    });
+    let to = TetherAt {
+        socket: &proxy,
+        console: &launched.vm.config.console_log,
+        key: &key,
+        host_key: &launched.host_key,
+        stall: Duration::from_secs(2),
+    };
+    let first = UnixStream::connect(&proxy).await.unwrap();
+    let client = to
+        .connect(first, std::time::Instant::now() + T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        client.ping(b"still there".to_vec()).await.unwrap(),
+        b"still there"
+    );
+}

@@ -180,25 +180,41 @@ impl Port {
         Cutter(self.cut.clone())
     }
 
-    /// The tether's half of the connection handshake (see
-    /// `proto::handshake`): waits for the host's hello, answers it, and
-    /// skips repeated hellos up to the host's SSH version line, which is
-    /// kept for the SSH server to read.
+    /// The tether's half of the connection handshake (see `answer_hello`);
+    /// the host's SSH version line is kept for the SSH server to read.
     pub async fn handshake(&mut self) -> io::Result<String> {
-        use proto::handshake::{HELLO, ok_line, read_line, wait_for};
-        use tokio::io::AsyncWriteExt;
-        let nonce = wait_for(self, HELLO)
-            .await?
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
-        self.write_all(ok_line(&nonce).as_bytes()).await?;
-        loop {
-            let line = read_line(self).await?.ok_or(io::ErrorKind::UnexpectedEof)?;
-            if line.starts_with(b"SSH-") {
-                let mut keep = line;
-                keep.extend_from_slice(b"\r\n");
-                self.pending = keep;
-                return Ok(nonce);
-            }
+        let (nonce, ssh_line) = answer_hello(self).await?;
+        self.pending = ssh_line;
+        Ok(nonce)
+    }
+}
+
+/// The tether's half of the connection handshake (`proto::handshake`):
+/// waits for the host's hello, answers it, and skips repeated hellos up to
+/// the host's SSH version line, which is returned (with its line end) with
+/// the nonce answered. A hello with another nonce is a newer host
+/// connection (the one answered may have been a stale hello of a
+/// connection that gave up): it is answered too, and its nonce is the one
+/// returned.
+async fn answer_hello<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> io::Result<(String, Vec<u8>)> {
+    use proto::handshake::{HELLO, nonce_in, ok_line, read_line, wait_for};
+    use tokio::io::AsyncWriteExt;
+    let mut nonce = wait_for(s, HELLO)
+        .await?
+        .ok_or(io::ErrorKind::UnexpectedEof)?;
+    s.write_all(ok_line(&nonce).as_bytes()).await?;
+    loop {
+        let line = read_line(s).await?.ok_or(io::ErrorKind::UnexpectedEof)?;
+        if line.starts_with(b"SSH-") {
+            let mut keep = line;
+            keep.extend_from_slice(b"\r\n");
+            return Ok((nonce, keep));
+        }
+        if let Some(other) = nonce_in(&line, HELLO).filter(|n| *n != nonce) {
+            s.write_all(ok_line(&other).as_bytes()).await?;
+            nonce = other;
         }
     }
 }
@@ -278,5 +294,23 @@ mod tests {
         assert_eq!(p, dev.join("vport0p2"));
         let e = find_port_in(&sys, &dev, "absent", Duration::ZERO).unwrap_err();
         assert!(e.to_string().contains("name=absent"));
+    }
+
+    #[tokio::test]
+    async fn a_newer_hello_is_answered_and_wins() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut host, mut tether) = tokio::io::duplex(4096);
+        // A stale hello of a connection that gave up, then the live one's
+        // hellos, then its SSH version line and the first SSH bytes.
+        host.write_all(b"\r\nTETHER-HELLO old1\r\n\r\nTETHER-HELLO new2\r\n\r\nTETHER-HELLO new2\r\nSSH-2.0-host\r\nKEX")
+            .await
+            .unwrap();
+        let (nonce, line) = answer_hello(&mut tether).await.unwrap();
+        assert_eq!(nonce, "new2");
+        assert_eq!(line, b"SSH-2.0-host\r\n");
+        drop(tether);
+        let mut answers = String::new();
+        host.read_to_string(&mut answers).await.unwrap();
+        assert_eq!(answers, "\r\nTETHER-OK old1\r\n\r\nTETHER-OK new2\r\n");
     }
 }

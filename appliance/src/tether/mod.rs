@@ -98,6 +98,26 @@ where
     Ok(rd.unsplit(wr))
 }
 
+/// Where a connection attempt is (see `Client::connect_reporting`).
+#[derive(Debug)]
+pub struct Phase(std::sync::Mutex<&'static str>);
+
+impl Default for Phase {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new("connecting"))
+    }
+}
+
+impl Phase {
+    fn set(&self, what: &'static str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = what;
+    }
+
+    pub fn get(&self) -> &'static str {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 struct Verifier {
     host_key: PublicKey,
     mismatch: Arc<std::sync::atomic::AtomicBool>,
@@ -154,6 +174,20 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        Self::connect_reporting(stream, key, host_key, &Phase::default()).await
+    }
+
+    /// `connect`, recording in `phase` which step it is at, so that a
+    /// caller that gives up can say where the tether stopped answering.
+    pub async fn connect_reporting<S>(
+        stream: S,
+        key: &PrivateKey,
+        host_key: &PublicKey,
+        phase: &Phase,
+    ) -> Result<Self, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let config = client::Config {
             inactivity_timeout: None,
             window_size: 8 << 20,
@@ -161,7 +195,9 @@ impl Client {
             channel_buffer_size: 256,
             ..Default::default()
         };
+        phase.set("waiting for an answer to the hello (is the tether up?)");
         let stream = handshake(stream).await?;
+        phase.set("in the SSH key exchange");
         let mismatch = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let verifier = Verifier {
             host_key: host_key.clone(),
@@ -174,6 +210,7 @@ impl Client {
             }
             Err(e) => return Err(e.into()),
         };
+        phase.set("authenticating");
         let auth = handle
             .authenticate_publickey(
                 "tether",
@@ -183,6 +220,7 @@ impl Client {
         if !auth.success() {
             return Err(ClientError::Refused);
         }
+        phase.set("opening the RPC channel");
         let channel = handle.channel_open_session().await?;
         channel
             .request_subsystem(true, proto::RPC_SUBSYSTEM)

@@ -360,14 +360,24 @@ impl LocalBackend {
                 });
                 continue;
             }
-            let connect = async {
-                let s = UnixStream::connect(dir.join("tether.sock")).await?;
-                Client::connect(s, &self.key, &host_key)
-                    .await
-                    .map_err(std::io::Error::other)
+            let (socket, console) = (dir.join("tether.sock"), dir.join("console.log"));
+            let to = vm::TetherAt {
+                socket: &socket,
+                console: &console,
+                key: &self.key,
+                host_key: &host_key,
+                stall: vm::STALL,
             };
-            match tokio::time::timeout(BOOT_TIMEOUT, connect).await {
-                Ok(Ok(client)) => {
+            let connect = async {
+                let s = UnixStream::connect(&socket)
+                    .await
+                    .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+                to.connect(s, std::time::Instant::now() + BOOT_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match connect.await {
+                Ok(client) => {
                     let run = Arc::new(Running { client, dir, pid });
                     self.adopt(&c.id, run.clone());
                     // Resume following the other tasks still running.
@@ -384,9 +394,9 @@ impl LocalBackend {
                     }
                     tokio::spawn(self.clone().supervise(c.id.clone(), run, None));
                 }
-                _ => self.emit(BackendEvent::Crashed {
+                Err(why) => self.emit(BackendEvent::Crashed {
                     container: c.id.clone(),
-                    error: "Cannot reconnect to the VM after an appliance restart".into(),
+                    error: format!("Cannot reconnect to the VM after an appliance restart: {why}"),
                 }),
             }
         }

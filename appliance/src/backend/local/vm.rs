@@ -4,8 +4,8 @@
 //! appliance's client key), the VM's working directory (spec, sockets,
 //! console log, copy-on-write root disk) and the QEMU configuration.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use proto::v1::{ChannelSpec, ContainerSpec, Keys, Mount, RootFs, SessionSpec, channel_spec::Kind};
@@ -13,10 +13,11 @@ use russh::keys::{PrivateKey, PublicKey};
 
 use super::accel::Accel;
 use super::artifacts::BootArtifacts;
-use super::qemu::{Boot, Disk, Machine, QemuError, Vm, VmConfig};
+use super::qemu::{Boot, Disk, Machine, QemuError, Vm, VmConfig, read_lossy};
 use crate::keys::{self, KeyError};
 use crate::storage::disk::{self, DiskError};
-use crate::tether::{Client, ClientError};
+use crate::tether::{Client, ClientError, Phase};
+use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -28,10 +29,14 @@ pub enum VmError {
     Disk(String, #[source] DiskError),
     #[error("Container {0}")]
     Qemu(String, #[source] QemuError),
-    #[error("Container {id}: tether did not answer within {timeout:?}; console says:\n{console}")]
+    #[error(
+        "Container {id}: tether did not answer within {timeout:?} ({phase}; {attempts} connection attempts); console says:\n{console}"
+    )]
     BootTimeout {
         id: String,
         timeout: Duration,
+        phase: &'static str,
+        attempts: u32,
         console: String,
     },
     #[error("Container {id}: connecting to the tether; console says:\n{console}")]
@@ -264,35 +269,126 @@ impl Launched {
         timeout: Duration,
     ) -> Result<Client, VmError> {
         let id = self.id.clone();
-        let attempt = async {
-            let stream = self
-                .vm
-                .connect_channel(timeout)
-                .await
-                .map_err(|e| VmError::Qemu(id.clone(), e))?;
-            Client::connect(stream, key, &self.host_key)
-                .await
-                .map_err(|source| VmError::Connect {
-                    id: id.clone(),
-                    console: String::new(),
-                    source: Box::new(source),
-                })
+        let deadline = Instant::now() + timeout;
+        // Waits for QEMU's socket (and notices QEMU dying meanwhile).
+        let first = match tokio::time::timeout(timeout, self.vm.connect_channel(timeout)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(VmError::Qemu(id, e)),
+            Err(_) => {
+                return Err(VmError::BootTimeout {
+                    id,
+                    timeout,
+                    phase: "waiting for QEMU's channel socket",
+                    attempts: 0,
+                    console: tail(&self.vm.console(), 30),
+                });
+            }
         };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(VmError::Connect { id, source, .. })) => Err(VmError::Connect {
+        let to = TetherAt {
+            socket: &self.vm.config.channel_socket,
+            console: &self.vm.config.console_log,
+            key,
+            host_key: &self.host_key,
+            stall: STALL,
+        };
+        match to.connect(first, deadline).await {
+            Ok(c) => Ok(c),
+            Err(ConnectFailure::Stalled { phase, attempts }) => Err(VmError::BootTimeout {
+                id,
+                timeout,
+                phase,
+                attempts,
+                console: tail(&self.vm.console(), 30),
+            }),
+            Err(ConnectFailure::Failed(source)) => Err(VmError::Connect {
                 id,
                 console: tail(&self.vm.console(), 30),
                 source,
             }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(VmError::BootTimeout {
-                id,
-                timeout,
-                console: tail(&self.vm.console(), 30),
-            }),
         }
     }
+}
+
+/// How long a tether that says it is ready may take to complete a
+/// connection before it is abandoned for a fresh one. On a booted tether
+/// the whole set-up takes well under a second, even under TCG.
+pub const STALL: Duration = Duration::from_secs(15);
+
+/// What the tether prints on its console once it serves the host.
+const READY_LINE: &str = "tether ready";
+
+/// One VM's tether, reached through QEMU's channel socket.
+pub struct TetherAt<'a> {
+    pub socket: &'a Path,
+    pub console: &'a Path,
+    pub key: &'a PrivateKey,
+    pub host_key: &'a PublicKey,
+    /// How long a connection may stall once the tether is ready (`STALL`).
+    pub stall: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    /// The deadline passed; `phase` is where the last attempt was.
+    #[error("the tether did not answer ({phase}; {attempts} connection attempts)")]
+    Stalled { phase: &'static str, attempts: u32 },
+    /// The tether answered with an error (wrong key, refused channel, ...).
+    #[error("{}", crate::api::error::error_chain(.0.as_ref()))]
+    Failed(Box<ClientError>),
+}
+
+impl TetherAt<'_> {
+    /// Connects over `first` (a fresh connection to the socket), until
+    /// `deadline`. A connection that stalls for `stall` while the console
+    /// says the tether is ready is dropped and the socket connected again:
+    /// the tether starts over on a new connection, and bytes lost on the
+    /// way (the channel is not a reliable socket end to end) cannot hang
+    /// the start.
+    pub async fn connect(
+        &self,
+        first: UnixStream,
+        deadline: Instant,
+    ) -> Result<Client, ConnectFailure> {
+        let mut stream = Some(first);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let phase = Phase::default();
+            let stream = match stream.take() {
+                Some(s) => s,
+                None => match UnixStream::connect(self.socket).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return Err(ConnectFailure::Failed(Box::new(ClientError::Handshake(e))));
+                    }
+                },
+            };
+            let attempt = Client::connect_reporting(stream, self.key, self.host_key, &phase);
+            tokio::select! {
+                r = attempt => return r.map_err(|e| ConnectFailure::Failed(Box::new(e))),
+                () = stalled(self.console, self.stall) => {
+                    tracing::warn!(
+                        socket = %self.socket.display(),
+                        attempt = attempts,
+                        "the tether is ready but the connection stalled {}; connecting again",
+                        phase.get()
+                    );
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    return Err(ConnectFailure::Stalled { phase: phase.get(), attempts });
+                }
+            }
+        }
+    }
+}
+
+/// Returns once the console has said the tether is ready and `stall` has
+/// passed since then.
+async fn stalled(console: &Path, stall: Duration) {
+    while !read_lossy(console).contains(READY_LINE) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(stall).await;
 }
 
 /// The last `n` lines of `text`.
