@@ -290,12 +290,29 @@ pub async fn import(
         .into_data_stream()
         .map(|r| r.map_err(std::io::Error::other));
     let reader = tokio_util::io::StreamReader::new(stream);
-    let images = blocking(move || {
-        let sync = tokio_util::io::SyncIoBridge::new(reader);
-        st.import(sync, &q.store, q.tag.as_deref())
+    let (images, reader) = tokio::task::spawn_blocking(move || {
+        let mut sync = tokio_util::io::SyncIoBridge::new(reader);
+        let images = st.import(&mut sync, &q.store, q.tag.as_deref());
+        (images, sync.into_inner())
     })
-    .await?;
-    Ok(axum::Json(images))
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))?;
+    let _ = drain(reader.into_inner()).await;
+    Ok(axum::Json(images?))
+}
+
+/// Reads what is left of a request body, for a handler whose consumer
+/// stopped early (a refused entry, a full store): answering before the
+/// client has sent everything closes the connection under it, and it sees
+/// a broken pipe instead of the answer.
+async fn drain<S, E>(mut rest: S) -> Result<(), E>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    while let Some(chunk) = rest.next().await {
+        chunk?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
@@ -573,13 +590,10 @@ pub async fn archive_put(
     let mut stream = body.into_data_stream();
     let feed = tokio::spawn(async move {
         while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(b) => {
-                    if tx.send(b).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Err(e) => return Err(e.to_string()),
+            let b = chunk.map_err(|e| e.to_string())?;
+            if tx.send(b).await.is_err() {
+                // The copy stopped taking it.
+                return drain(stream).await.map_err(|e| e.to_string());
             }
         }
         Ok(())

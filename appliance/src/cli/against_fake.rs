@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use appliance::backend::fake::FakeBackend;
 use appliance::handle::HandleKey;
+use appliance::portlayer::events::Events;
 use appliance::portlayer::exec::PortLayer;
 use appliance::portlayer::model::PowerState;
+use appliance::portlayer::storage::Storage;
 use appliance::store::Store;
 use clap::Parser;
 
@@ -24,10 +26,27 @@ struct Server {
 }
 
 async fn server() -> Server {
+    serve(false).await
+}
+
+/// With the storage component too, its stores in the temporary directory
+/// (and no images in them).
+async fn server_with_storage() -> Server {
+    serve(true).await
+}
+
+async fn serve(with_storage: bool) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open_in_memory().expect("store"));
     let fake = Arc::new(FakeBackend::default());
-    let pl = PortLayer::new(store, HandleKey::from_bytes([7; 32]), fake.clone());
+    let key = HandleKey::from_bytes([7; 32]);
+    let pl = if with_storage {
+        let events = Arc::new(Events::new(store.clone()));
+        let storage = Storage::open(store.clone(), events.clone(), dir.path()).expect("storage");
+        PortLayer::with_storage(store, events, Some(storage), key, fake.clone())
+    } else {
+        PortLayer::new(store, key, fake.clone())
+    };
     let listener = appliance::api::bind_unix(&dir.path().join(SOCKET)).expect("bind");
     let router = appliance::api::router(pl.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -211,4 +230,26 @@ async fn run_detached_and_exec_errors() {
     // This execution environment keeps no logs.
     let e = s.run(&["logs", "bg"]).await.expect_err("no log");
     assert!(e.contains("code NOT_FOUND"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_refused_at_once_gets_the_refusal_not_a_broken_pipe() {
+    let s = server_with_storage().await;
+    // Far more than the socket buffers hold: the server refuses the upload
+    // before the client has sent most of it.
+    let src = s.dir.path().join("big");
+    std::fs::write(&src, vec![7u8; 64 << 20]).expect("write");
+    let src = src.to_string_lossy();
+    for _ in 0..3 {
+        let e = s
+            .run(&["cp", &src, "nosuch:/tmp"])
+            .await
+            .expect_err("no such container");
+        assert!(e.contains("code NOT_FOUND"), "{e}");
+        assert!(e.contains("nosuch"), "{e}");
+        // Not a tar: refused at its first block.
+        let e = s.run(&["import", &src]).await.expect_err("not a tar");
+        assert!(e.contains("code IMAGE_SOURCE"), "{e}");
+    }
+    assert_eq!(s.run(&["images", "-q"]).await, Ok(0));
 }
