@@ -256,13 +256,14 @@ impl Client {
         Err(ApiError::from_body(status, &body).into())
     }
 
-    /// Sends a file as the body (POST or PUT), streamed; the JSON answer.
+    /// Sends a file (or anything read like one) as the body (POST or PUT),
+    /// streamed; the JSON answer.
     pub async fn upload<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         content_type: &str,
-        file: tokio::fs::File,
+        file: impl tokio::io::AsyncRead + Send + 'static,
     ) -> Result<T, ClientError> {
         use futures::TryStreamExt;
         let frames = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)

@@ -66,6 +66,9 @@ pub struct ImportArgs {
     /// Image store to put it in (default: "default").
     #[arg(long, default_value = "")]
     pub store: String,
+    /// No progress bar, just the result.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Args)]
@@ -373,20 +376,67 @@ pub async fn rmi(client: &Client, args: RmiArgs) -> anyhow::Result<u8> {
     Ok(status)
 }
 
-/// `appliance import`: streams the file to the server; prints the ids.
+/// The archive as it goes to the server, counted on a progress bar; at
+/// its end the bar says what the server is still doing.
+struct Sending {
+    file: tokio::fs::File,
+    bar: ProgressBar,
+}
+
+impl tokio::io::AsyncRead for Sending {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.file).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = polled {
+            match buf.filled().len() - before {
+                0 => {
+                    self.bar.set_message("sent; building the image's disk...");
+                    // Redrawn while the server works, with no more bytes.
+                    self.bar
+                        .enable_steady_tick(std::time::Duration::from_millis(250));
+                }
+                n => self.bar.inc(n as u64),
+            }
+        }
+        polled
+    }
+}
+
+/// `appliance import`: streams the file to the server with a progress bar;
+/// prints the ids.
 pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<u8> {
     let file = tokio::fs::File::open(&args.file)
         .await
         .with_context(|| format!("Opening {}", args.file.display()))?;
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let target = if args.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(size), target);
+    bar.set_style(
+        ProgressStyle::with_template("importing {wide_bar} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let mut q = vec![("store", args.store)];
     if let Some(t) = args.tag {
         q.push(("tag", t));
     }
     let path = with_query("/storage/images/import", &q);
-    let images: Vec<Image> = client
-        .upload(hyper::Method::POST, &path, "application/x-tar", file)
-        .await?;
-    for i in images {
+    let sending = Sending {
+        file,
+        bar: bar.clone(),
+    };
+    let images = client
+        .upload::<Vec<Image>>(hyper::Method::POST, &path, "application/x-tar", sending)
+        .await;
+    bar.finish_and_clear();
+    for i in images? {
         let names = if i.names.is_empty() {
             "<none>".to_string()
         } else {
