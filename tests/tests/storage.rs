@@ -166,6 +166,11 @@ fn bad_volume_requests_say_what_is_wrong() {
         "{}",
         stderr(&o)
     );
+    assert!(
+        stderr(&o).contains("`appliance volume create nope`"),
+        "{}",
+        stderr(&o)
+    );
     let (code, body) = s.http(
         "POST",
         "/storage/volumes",

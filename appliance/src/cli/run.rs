@@ -16,7 +16,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::attach::{self, Io};
-use super::client::{Client, encode};
+use super::client::{Client, ClientError, encode};
 use super::handles::Handle;
 use super::signals;
 
@@ -137,6 +137,12 @@ pub fn parse_volume(v: &str) -> anyhow::Result<VolumeMount> {
         [vol, path, "rw"] => (*vol, *path, false),
         _ => bail!("Invalid volume {v:?}: expected VOLUME:/path or VOLUME:/path:ro"),
     };
+    if volume.starts_with(['/', '.', '~']) {
+        bail!(
+            "Invalid volume {v:?}: a host directory cannot be mounted into a container VM; \
+             make a volume (`appliance volume create`) and copy into it (`appliance cp`)"
+        );
+    }
     if volume.is_empty() || !path.starts_with('/') {
         bail!("Invalid volume {v:?}: expected VOLUME:/path (an absolute path) or VOLUME:/path:ro");
     }
@@ -199,9 +205,26 @@ struct Created {
 
 /// Creates the container (create, commit); its id.
 async fn create_container(client: &Client, spec: &CreateSpec) -> anyhow::Result<String> {
-    let created: Created = client.post("/exec/containers", spec).await?;
+    let created: Created = client
+        .post("/exec/containers", spec)
+        .await
+        .map_err(|e| missing_volume_hint(e, &spec.mounts))?;
     Handle::from_token(client, created.handle).commit().await?;
     Ok(created.id)
+}
+
+/// A volume is a disk of a size chosen for it, so a missing one is not
+/// made on the fly (a typo would make a 1 GiB disk): the error says how to
+/// make it.
+fn missing_volume_hint(e: ClientError, mounts: &[VolumeMount]) -> anyhow::Error {
+    match &e {
+        ClientError::Api(a)
+            if a.code == "NOT_FOUND" && mounts.iter().any(|m| m.volume == a.element) =>
+        {
+            anyhow::anyhow!("{e}; make it with `appliance volume create {}`", a.element)
+        }
+        _ => e.into(),
+    }
 }
 
 /// Starts a container (handle, state running, commit).
@@ -408,6 +431,13 @@ mod tests {
                 .to_spec(|_| None)
                 .expect_err("bad volume");
             assert!(e.to_string().contains(bad), "{e}");
+        }
+        for host in ["/srv/data:/data", "./data:/data", "~/data:/data:ro"] {
+            let e = parse(&["-v", host, "busybox"])
+                .flags
+                .to_spec(|_| None)
+                .expect_err("host directory");
+            assert!(e.to_string().contains("host directory"), "{e}");
         }
         let e = parse(&["--stop-signal", "NOPE", "busybox", "true"])
             .flags
