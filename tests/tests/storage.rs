@@ -427,6 +427,20 @@ fn an_image_pulled_from_a_registry_runs_with_its_layers_and_config() {
     );
     let (code, _) = s.http("GET", &format!("/storage/images/{reference}"), None);
     assert_eq!(code, 404);
+    // Its blobs went with it: manifest, config and layers.
+    let blobs = d.path().join("images/blobs/sha256");
+    let mut digests = vec![&img["manifest_digest"], &img["id"]];
+    digests.extend(
+        img["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["digest"]),
+    );
+    for digest in digests {
+        let hex = digest.as_str().unwrap().trim_start_matches("sha256:");
+        assert!(!blobs.join(hex).exists(), "blob {digest} left behind");
+    }
 
     // An unknown tag is a clear 404, and nothing is listed.
     let missing = registry.reference("team/app:nope");

@@ -633,6 +633,7 @@ impl Storage {
             }
             if let Ok(o) = serde_json::from_value::<Image>(other.body) {
                 keep.insert(other.id.clone());
+                keep.insert(o.manifest_digest);
                 keep.extend(o.layers.into_iter().map(|l| l.digest));
             }
         }
@@ -641,9 +642,10 @@ impl Storage {
                 .layers
                 .iter()
                 .map(|l| l.digest.clone())
-                .chain([img.id.clone()])
+                .chain([img.id.clone(), img.manifest_digest.clone()])
             {
-                if !keep.contains(&d)
+                if !d.is_empty()
+                    && !keep.contains(&d)
                     && let Err(e) = blobs.remove(&d)
                     && e.kind() != std::io::ErrorKind::NotFound
                 {
