@@ -91,6 +91,10 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
     let events = Arc::new(Events::new(store.clone()));
     let storage = Storage::open(store.clone(), events.clone(), state)?;
     ensure_busybox(&storage)?;
+    {
+        let storage = storage.clone();
+        tokio::task::spawn_blocking(move || storage.sweep_all_blobs());
+    }
     let backend = LocalBackend::new(state, artifacts, accel, client_key, storage.clone());
     let pl = PortLayer::with_storage(store.clone(), events, Some(storage), key, backend.clone());
 

@@ -4,16 +4,19 @@
 //! Owns turning fetched images into images a container can use (a base disk
 //! per image, built once), their names, and volumes (a disk each). An image
 //! or volume is recorded only once its disk is complete, so a failed pull or
-//! import leaves nothing listed; deleting one that a container uses is
+//! import leaves nothing listed (the blobs a failed pull did fetch stay a
+//! day, for a retry to reuse, then a sweep at start-up or after an `rmi`
+//! removes them); deleting one that a container uses is
 //! refused, naming the container (the check runs in the store's transaction,
 //! see `store::storage`). Must not start VMs or know about QEMU: the
 //! execution component joins volumes to containers and the backend attaches
 //! the disks this component names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -33,6 +36,10 @@ pub const DEFAULT_STORE: &str = "default";
 pub const IMAGE_FIELDS: &[&str] = &["id", "name", "store", "created_at"];
 /// Fields a volume filter may name.
 pub const VOLUME_FIELDS: &[&str] = &["name", "store", "fstype", "size_mib"];
+
+/// How long a blob that no image needs is kept (a failed pull's layers,
+/// for a retry to reuse) before it is removed.
+const ORPHAN_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// The largest volume: 16 TiB.
 const MAX_VOLUME_MIB: u64 = 16 << 20;
@@ -626,17 +633,7 @@ impl Storage {
             tracing::warn!("removing {}: {e}", disk.display());
         }
         // Blobs still needed by the store's other images stay.
-        let mut keep = std::collections::HashSet::new();
-        for other in self.store.images()? {
-            if other.store != rec.store {
-                continue;
-            }
-            if let Ok(o) = serde_json::from_value::<Image>(other.body) {
-                keep.insert(other.id.clone());
-                keep.insert(o.manifest_digest);
-                keep.extend(o.layers.into_iter().map(|l| l.digest));
-            }
-        }
+        let keep = self.referenced_blobs(&rec.store)?;
         if let Ok(blobs) = self.blobs(&dir) {
             for d in img
                 .layers
@@ -660,7 +657,56 @@ impl Storage {
             &img.config.labels,
             json!({ "names": img.names }),
         );
+        self.sweep_blobs(&dir);
         Ok(removed)
+    }
+
+    /// The digests the images of the image store `store` need: manifests,
+    /// configs and layers.
+    fn referenced_blobs(&self, store: &str) -> Result<HashSet<String>, StorageError> {
+        let mut keep = HashSet::new();
+        for rec in self.store.images()? {
+            if rec.store != store {
+                continue;
+            }
+            if let Ok(img) = serde_json::from_value::<Image>(rec.body) {
+                keep.insert(rec.id);
+                keep.insert(img.manifest_digest);
+                keep.extend(img.layers.into_iter().map(|l| l.digest));
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Removes the blobs of an image store that no image needs and nothing
+    /// has used for [`ORPHAN_AGE`] (those of a failed pull, say), and
+    /// temporary files as old. Failures are logged: nothing depends on it.
+    fn sweep_blobs(&self, dir: &StoreDir) {
+        let swept = self
+            .referenced_blobs(&dir.name)
+            .and_then(|keep| Ok((keep, self.blobs(dir)?)))
+            .and_then(|(keep, blobs)| {
+                blobs
+                    .sweep(&keep, ORPHAN_AGE)
+                    .map_err(|source| StorageError::Io {
+                        what: "Sweeping blobs of",
+                        path: dir.path.clone(),
+                        source,
+                    })
+            });
+        match swept {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(store = %dir.name, "removed {n} unused blobs"),
+            Err(e) => tracing::warn!(store = %dir.name, "sweeping unused blobs: {e}"),
+        }
+    }
+
+    /// [`Self::sweep_blobs`] over every image store (at start-up).
+    pub fn sweep_all_blobs(&self) {
+        match self.store.store_dirs(StoreKind::Image) {
+            Ok(dirs) => dirs.iter().for_each(|d| self.sweep_blobs(d)),
+            Err(e) => tracing::warn!("sweeping unused blobs: {e}"),
+        }
     }
 
     // ---- volumes ----
@@ -905,5 +951,53 @@ impl crate::backend::Disks for Storage {
 
     fn volume_disk(&self, volume: &str) -> Result<(PathBuf, String), String> {
         Storage::volume_disk(self, volume).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    #[test]
+    fn the_sweep_keeps_every_blob_an_image_needs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open_in_memory().expect("store"));
+        let events = Arc::new(Events::new(store.clone()));
+        let storage = Storage::open(store.clone(), events, dir.path()).expect("storage");
+        let sdir = storage
+            .store_dir(StoreKind::Image, DEFAULT_STORE)
+            .expect("default store");
+        let blobs = storage.blobs(&sdir).expect("blobs");
+        let [manifest, config, layer, orphan] = ["manifest", "config", "layer", "orphan"]
+            .map(|b| blobs.write_bytes(None, b.as_bytes()).expect("blob"));
+        let img = Image {
+            id: config.clone(),
+            store: DEFAULT_STORE.into(),
+            manifest_digest: manifest.clone(),
+            layers: vec![Layer {
+                digest: layer.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let rec = ImageRecord {
+            id: config.clone(),
+            store: DEFAULT_STORE.into(),
+            names: vec![],
+            body: serde_json::to_value(&img).expect("json"),
+            created_at: 0,
+        };
+        store.put_image(&rec, &[]).expect("image");
+        // All of them older than the age an unused blob is kept.
+        let old = SystemTime::now() - ORPHAN_AGE - Duration::from_secs(60);
+        for d in [&manifest, &config, &layer, &orphan] {
+            let f = std::fs::File::open(blobs.path(d)).expect("open");
+            f.set_modified(old).expect("mtime");
+        }
+        storage.sweep_all_blobs();
+        assert!(blobs.has(&manifest) && blobs.has(&config) && blobs.has(&layer));
+        assert!(!blobs.has(&orphan));
     }
 }

@@ -5,9 +5,11 @@
 //! I/O error, ENOSPC included) the temporary file is removed and nothing is
 //! left behind.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
@@ -83,6 +85,47 @@ impl BlobStore {
 
     pub fn has(&self, digest: &str) -> bool {
         is_valid_digest(digest) && self.path(digest).is_file()
+    }
+
+    /// Whether the blob is here, marking it as just used if so (its mtime):
+    /// a sweep for blobs no image references leaves it alone while the
+    /// operation that reuses it runs.
+    pub fn reuse(&self, digest: &str) -> bool {
+        self.has(digest)
+            && File::open(self.path(digest))
+                .and_then(|f| f.set_modified(SystemTime::now()))
+                .is_ok()
+    }
+
+    /// Removes the blobs not in `keep` and the temporary files that nothing
+    /// has written or reused for `age`; returns how many it removed. A blob
+    /// that an operation under way has just written or reused is younger
+    /// than any sensible `age`, so it stays.
+    pub fn sweep(&self, keep: &HashSet<String>, age: Duration) -> io::Result<usize> {
+        let Some(cutoff) = SystemTime::now().checked_sub(age) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for (dir, is_blob) in [(ALGORITHM, true), ("tmp", false)] {
+            for entry in std::fs::read_dir(self.root.join(dir))? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_blob && keep.contains(&format!("{ALGORITHM}:{name}")) {
+                    continue;
+                }
+                let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+                    continue;
+                };
+                if modified < cutoff {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes a blob; removing one that is not there is not an error.
@@ -369,6 +412,37 @@ mod tests {
         store.remove(&good).unwrap();
         store.remove(&good).unwrap();
         assert!(!store.has(&good));
+    }
+
+    #[test]
+    fn sweep_takes_old_unreferenced_blobs_and_temporaries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        let age = |path: &Path, by: Duration| {
+            let f = File::open(path).unwrap();
+            f.set_modified(SystemTime::now() - by).unwrap();
+        };
+        let [kept, orphan, fresh, reused] = ["kept", "orphan", "fresh", "reuse"]
+            .map(|b| store.write_bytes(None, b.as_bytes()).unwrap());
+        for d in [&kept, &orphan, &reused] {
+            age(&store.path(d), 2 * day);
+        }
+        let old_tmp = dir.path().join("tmp/.tmpold");
+        std::fs::write(&old_tmp, b"half a blob").unwrap();
+        age(&old_tmp, 2 * day);
+        let new_tmp = dir.path().join("tmp/.tmpnew");
+        std::fs::write(&new_tmp, b"being written").unwrap();
+        // A pull finds it cached: it is in use again.
+        assert!(store.reuse(&reused));
+        assert!(!store.reuse(&digest_of(b"absent")));
+
+        let keep = HashSet::from([kept.clone()]);
+        assert_eq!(store.sweep(&keep, day).unwrap(), 2);
+        assert!(store.has(&kept) && store.has(&fresh) && store.has(&reused));
+        assert!(!store.has(&orphan));
+        assert!(!old_tmp.exists() && new_tmp.exists());
+        assert_eq!(store.sweep(&keep, day).unwrap(), 0);
     }
 
     #[test]

@@ -299,12 +299,12 @@ pub(super) async fn pull_over(
     };
     check_digest(&config_desc.digest)?;
     format::check_layers(&layer_descs, what)?;
-    if !blobs.has(&digest) {
+    if !blobs.reuse(&digest) {
         blobs.write_bytes(Some(&digest), &bytes)?;
     }
 
     // The config: checked for platform and layer count before any layer.
-    if !blobs.has(&config_desc.digest) {
+    if !blobs.reuse(&config_desc.digest) {
         fetch_blob(&client, &image, &config_desc, blobs, &ctx, &|_| {}).await?;
     }
     let config_raw = blobs.read(&config_desc.digest, JSON_LIMIT)?;
@@ -339,7 +339,7 @@ pub(super) async fn pull_over(
             let (client, image, ctx) = (&client, &image, &ctx);
             async move {
                 let d = &d;
-                let cached = blobs.has(&d.digest);
+                let cached = blobs.reuse(&d.digest);
                 let size = if cached {
                     blobs.size(&d.digest).map_err(|source| OciError::BlobRead {
                         digest: d.digest.clone(),
