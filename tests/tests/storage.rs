@@ -30,7 +30,8 @@ fn volumes_persist_across_containers_and_read_only_is_enforced_in_the_guest() {
     assert!(v["serial"].as_str().unwrap().len() <= 20);
 
     // A first container writes, as an unprivileged user: the fresh volume
-    // took the mount point's owner (the image's /home/app is app's).
+    // is empty (no lost+found) and took the mount point's owner (the
+    // image's /home/app is app's).
     let o = s.cli(&[
         "run",
         "--rm",
@@ -42,7 +43,7 @@ fn volumes_persist_across_containers_and_read_only_is_enforced_in_the_guest() {
         "--",
         "sh",
         "-c",
-        "echo kept > /home/app/note && stat -c '%U %a' /home/app",
+        "ls -A /home/app; echo kept > /home/app/note && stat -c '%U %a' /home/app",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "app 750");

@@ -38,10 +38,12 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("Running mke2fs; install Debian's e2fsprogs")]
+    #[error("Running mke2fs or debugfs; install Debian's e2fsprogs")]
     Spawn(#[source] std::io::Error),
     #[error("mke2fs {path} failed: {stderr}")]
     Mkfs { path: PathBuf, stderr: String },
+    #[error("Removing lost+found from {path} (debugfs): {stderr}")]
+    LostFound { path: PathBuf, stderr: String },
 }
 
 /// One layer to apply: its blob on disk and a name for errors.
@@ -198,6 +200,34 @@ pub fn mkfs(
             stderr: String::from_utf8_lossy(&r.stderr).trim().to_string(),
         });
     }
+    if root.is_none_or(|r| std::fs::symlink_metadata(r.join("lost+found")).is_err()) {
+        remove_lost_found(out)?;
+    }
+    Ok(())
+}
+
+/// mke2fs makes `/lost+found`, which neither a container's root nor a new
+/// volume should show: a database's init refuses a data directory that
+/// holds it. (e2fsck makes it again should it ever need it.)
+fn remove_lost_found(out: &Path) -> Result<(), RootfsError> {
+    let r = Command::new("debugfs")
+        .args(["-w", "-R", "rmdir lost+found"])
+        .arg(out)
+        .output()
+        .map_err(RootfsError::Spawn)?;
+    // debugfs exits 0 whatever its command did; its banner aside, anything
+    // on stderr is the command failing.
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    let complaint: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .collect();
+    if !r.status.success() || !complaint.is_empty() {
+        return Err(RootfsError::LostFound {
+            path: out.to_path_buf(),
+            stderr: complaint.join("; "),
+        });
+    }
     Ok(())
 }
 
@@ -261,6 +291,15 @@ mod tests {
         assert!(ls.contains(" a"), "{ls}");
         assert!(ls.contains(" b"), "{ls}");
         assert!(!ls.contains("gone"), "{ls}");
+        // The root holds what the layers put there, and no lost+found.
+        let root = Command::new("debugfs")
+            .args(["-R", "ls /"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let root = String::from_utf8_lossy(&root.stdout);
+        assert!(root.contains("etc"), "{root}");
+        assert!(!root.contains("lost+found"), "{root}");
         // Owner and setuid survive into the filesystem.
         assert!(ls.contains("104755 (1)   1000   1000"), "{ls}");
         let cat = Command::new("debugfs")
