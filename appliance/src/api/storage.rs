@@ -290,13 +290,12 @@ pub async fn import(
         .into_data_stream()
         .map(|r| r.map_err(std::io::Error::other));
     let reader = tokio_util::io::StreamReader::new(stream);
-    let (images, reader) = tokio::task::spawn_blocking(move || {
+    let (images, reader) = blocking(move || {
         let mut sync = tokio_util::io::SyncIoBridge::new(reader);
         let images = st.import(&mut sync, &q.store, q.tag.as_deref());
-        (images, sync.into_inner())
+        Ok((images, sync.into_inner()))
     })
-    .await
-    .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))?;
+    .await?;
     let _ = drain(reader.into_inner()).await;
     Ok(axum::Json(images?))
 }

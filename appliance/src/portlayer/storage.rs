@@ -649,6 +649,7 @@ impl Storage {
                     tracing::warn!("removing blob {d}: {e}");
                 }
             }
+            sweep(&dir, &blobs, &keep);
         }
         let _ = self.events.emit(
             "storage",
@@ -657,7 +658,6 @@ impl Storage {
             &img.config.labels,
             json!({ "names": img.names }),
         );
-        self.sweep_blobs(&dir);
         Ok(removed)
     }
 
@@ -678,34 +678,20 @@ impl Storage {
         Ok(keep)
     }
 
-    /// Removes the blobs of an image store that no image needs and nothing
-    /// has used for [`ORPHAN_AGE`] (those of a failed pull, say), and
-    /// temporary files as old. Failures are logged: nothing depends on it.
-    fn sweep_blobs(&self, dir: &StoreDir) {
-        let swept = self
-            .referenced_blobs(&dir.name)
-            .and_then(|keep| Ok((keep, self.blobs(dir)?)))
-            .and_then(|(keep, blobs)| {
-                blobs
-                    .sweep(&keep, ORPHAN_AGE)
-                    .map_err(|source| StorageError::Io {
-                        what: "Sweeping blobs of",
-                        path: dir.path.clone(),
-                        source,
-                    })
-            });
-        match swept {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(store = %dir.name, "removed {n} unused blobs"),
-            Err(e) => tracing::warn!(store = %dir.name, "sweeping unused blobs: {e}"),
-        }
-    }
-
-    /// [`Self::sweep_blobs`] over every image store (at start-up).
+    /// [`sweep`] over every image store (at start-up).
     pub fn sweep_all_blobs(&self) {
-        match self.store.store_dirs(StoreKind::Image) {
-            Ok(dirs) => dirs.iter().for_each(|d| self.sweep_blobs(d)),
-            Err(e) => tracing::warn!("sweeping unused blobs: {e}"),
+        let dirs = match self.store.store_dirs(StoreKind::Image) {
+            Ok(dirs) => dirs,
+            Err(e) => return tracing::warn!("sweeping unused blobs: {e}"),
+        };
+        for dir in dirs {
+            match self
+                .referenced_blobs(&dir.name)
+                .and_then(|keep| Ok((keep, self.blobs(&dir)?)))
+            {
+                Ok((keep, blobs)) => sweep(&dir, &blobs, &keep),
+                Err(e) => tracing::warn!(store = %dir.name, "sweeping unused blobs: {e}"),
+            }
         }
     }
 
@@ -841,6 +827,18 @@ impl Storage {
             .events
             .emit("storage", "volume-remove", name, &v.labels, json!({}));
         Ok(())
+    }
+}
+
+/// Removes the blobs of the image store `dir` that are not in `keep` (what
+/// its images need) and that nothing has used for [`ORPHAN_AGE`] (those of
+/// a failed pull, say), and temporary files as old. Failures are logged:
+/// nothing depends on it.
+fn sweep(dir: &StoreDir, blobs: &BlobStore, keep: &HashSet<String>) {
+    match blobs.sweep(keep, ORPHAN_AGE) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(store = %dir.name, "removed {n} unused blobs"),
+        Err(e) => tracing::warn!(store = %dir.name, "sweeping unused blobs: {e}"),
     }
 }
 

@@ -249,6 +249,16 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    /// What debugfs prints for `request` on the disk `disk`.
+    fn debugfs(disk: &Path, request: &str) -> String {
+        let o = Command::new("debugfs")
+            .args(["-R", request])
+            .arg(disk)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     #[test]
     fn layers_become_one_ext4_disk() {
         let dir = tempfile::tempdir().unwrap();
@@ -282,32 +292,17 @@ mod tests {
             std::fs::read_dir(dir.path().join("work")).unwrap().count(),
             0
         );
-        let ls = Command::new("debugfs")
-            .args(["-R", "ls -l /etc"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        let ls = String::from_utf8_lossy(&ls.stdout);
+        let ls = debugfs(&out, "ls -l /etc");
         assert!(ls.contains(" a"), "{ls}");
         assert!(ls.contains(" b"), "{ls}");
         assert!(!ls.contains("gone"), "{ls}");
         // The root holds what the layers put there, and no lost+found.
-        let root = Command::new("debugfs")
-            .args(["-R", "ls /"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        let root = String::from_utf8_lossy(&root.stdout);
+        let root = debugfs(&out, "ls /");
         assert!(root.contains("etc"), "{root}");
         assert!(!root.contains("lost+found"), "{root}");
         // Owner and setuid survive into the filesystem.
         assert!(ls.contains("104755 (1)   1000   1000"), "{ls}");
-        let cat = Command::new("debugfs")
-            .args(["-R", "cat /etc/b"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert_eq!(cat.stdout, b"two");
+        assert_eq!(debugfs(&out, "cat /etc/b"), "two");
         assert_eq!(
             std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
             0o444
