@@ -28,5 +28,6 @@ pub const READY_LINE: &str = "tether ready";
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 16 << 20;
 
+pub mod flow;
 pub mod framing;
 pub mod handshake;

@@ -153,10 +153,39 @@ impl LogWriter {
     }
 
     /// Makes everything appended durable; returns the ends that may now be
-    /// acknowledged.
+    /// acknowledged. Blocks on the disk: async callers use `syncer`.
     pub fn sync(&mut self) -> Result<Ends, LogError> {
-        self.file.sync_data().map_err(|source| LogError::Io {
+        self.syncer()?.sync()
+    }
+
+    /// What makes everything appended so far durable, to run on a blocking
+    /// thread.
+    pub fn syncer(&self) -> Result<Syncer, LogError> {
+        let err = |source| LogError::Io {
             path: self.path.clone(),
+            source,
+        };
+        Ok(Syncer {
+            file: self.file.try_clone().map_err(err)?,
+            path: self.path.clone(),
+            ends: self.ends,
+        })
+    }
+}
+
+/// A log's bytes up to `ends`, to be made durable (see `LogWriter::syncer`).
+pub struct Syncer {
+    file: File,
+    path: PathBuf,
+    ends: Ends,
+}
+
+impl Syncer {
+    /// Blocks until the bytes are on disk; returns the ends that may now be
+    /// acknowledged.
+    pub fn sync(self) -> Result<Ends, LogError> {
+        self.file.sync_data().map_err(|source| LogError::Io {
+            path: self.path,
             source,
         })?;
         Ok(self.ends)

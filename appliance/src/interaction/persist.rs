@@ -87,7 +87,18 @@ pub async fn follow(
             || pending >= SYNC_BYTES
             || last_sync.elapsed() >= SYNC_INTERVAL;
         if pending > 0 && due {
-            let durable = log.sync().map_err(logerr)?;
+            // fdatasync off the async runtime: a slow disk must not stall
+            // every other request.
+            let syncer = log.syncer().map_err(logerr)?;
+            let durable = tokio::task::spawn_blocking(move || syncer.sync())
+                .await
+                .map_err(|e| {
+                    logerr(LogError::Io {
+                        path: Default::default(),
+                        source: std::io::Error::other(e),
+                    })
+                })?
+                .map_err(logerr)?;
             client
                 .ack(session, durable.stdout, durable.stderr)
                 .await

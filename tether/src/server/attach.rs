@@ -1,16 +1,21 @@
 //! Attach streams: one SSH channel per attached client of a session.
 //!
 //! stdout goes out as channel data and stderr as extended data (type 1),
-//! from the offsets the client asked for; channel data coming in goes to
-//! stdin, EOF closes stdin, window-change resizes and signal signals. When
+//! from the offsets the client asked for, within the host's credit
+//! (`proto::flow`); channel data coming in is queued for stdin (and credit
+//! goes back as the process takes it), EOF closes stdin after it,
+//! window-change resizes and signal signals. When
 //! the session has finished and everything was sent, the channel gets
 //! exit-status, EOF and close.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use proto::flow;
 use proto::v1::AttachRequest;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, Sig};
+use tokio::sync::{mpsc, watch};
 
 use crate::session::output::{Output, OutputError};
 use crate::session::{Session, SessionError, Sessions};
@@ -37,14 +42,39 @@ pub fn check(sessions: &Sessions, req: &AttachRequest) -> Result<Arc<Session>, S
 
 pub async fn serve(channel: Channel<Msg>, req: AttachRequest, session: Arc<Session>) {
     let (mut rd, wr) = channel.split();
+    // The host's credit: output bytes it has consumed on this attach.
+    let (credit_tx, credit) = watch::channel(0u64);
+    // Stdin offsets this attach queued, and the local total each ends.
+    let (queued_tx, mut queued_rx) = mpsc::unbounded_channel::<(u64, u64)>();
+    // The input side never waits on the process: it only queues (stdin is
+    // bounded by the host's window), so the connection always moves.
     let input = {
         let session = session.clone();
         let stdin = req.stdin;
         tokio::spawn(async move {
+            let mut sent = 0u64;
             while let Some(msg) = rd.wait().await {
                 let r = match msg {
-                    ChannelMsg::Data { data } if stdin => session.write_stdin(&data).await,
-                    ChannelMsg::Eof if stdin => session.close_stdin().await,
+                    ChannelMsg::Data { data } if stdin => {
+                        sent += data.len() as u64;
+                        session.write_stdin(data).map(|end| {
+                            let _ = queued_tx.send((end, sent));
+                        })
+                    }
+                    ChannelMsg::Eof if stdin => {
+                        session.close_stdin();
+                        Ok(())
+                    }
+                    ChannelMsg::ExtendedData { data, ext } if ext == flow::EXT_CREDIT => {
+                        if let Some(total) = flow::decode_credit(&data) {
+                            credit_tx.send_if_modified(|c| {
+                                let more = total > *c;
+                                *c = (*c).max(total);
+                                more
+                            });
+                        }
+                        Ok(())
+                    }
                     ChannelMsg::WindowChange {
                         col_width,
                         row_height,
@@ -63,10 +93,35 @@ pub async fn serve(channel: Channel<Msg>, req: AttachRequest, session: Arc<Sessi
             }
         })
     };
+    // Tells the host how much of what it sent the process has taken.
+    let stdin_credit = {
+        let mut taken = session.stdin_taken();
+        let wr = wr.make_writer_ext(Some(flow::EXT_CREDIT));
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut wr = wr;
+            while let Some((end, local)) = queued_rx.recv().await {
+                if taken.wait_for(|t| *t >= end).await.is_err() {
+                    return;
+                }
+                if wr.write_all(&flow::encode_credit(local)).await.is_err() {
+                    return;
+                }
+                let _ = wr.flush().await;
+            }
+        })
+    };
 
-    let out = pump(&session.stdout, req.stdout_offset, |b| wr.data_bytes(b));
-    let err = pump(&session.stderr, req.stderr_offset, |b| {
-        wr.extended_data_bytes(1, b)
+    let sent = AtomicU64::new(0);
+    let out = pump(
+        &session.stdout,
+        req.stdout_offset,
+        &sent,
+        credit.clone(),
+        |b| wr.data_bytes(b),
+    );
+    let err = pump(&session.stderr, req.stderr_offset, &sent, credit, |b| {
+        wr.extended_data_bytes(flow::EXT_STDERR, b)
     });
     let (a, b) = tokio::join!(out, err);
     if a.is_ok() && b.is_ok() {
@@ -78,17 +133,33 @@ pub async fn serve(channel: Channel<Msg>, req: AttachRequest, session: Arc<Sessi
         let _ = wr.close().await;
     }
     input.abort();
+    stdin_credit.abort();
 }
 
-/// Sends one stream from `offset` until it is closed and fully sent.
-async fn pump<F, Fut>(out: &Output, mut offset: u64, send: F) -> Result<(), ()>
+/// Sends one stream from `offset` until it is closed and fully sent, never
+/// more than `flow::OUTPUT_WINDOW` beyond the host's credit (`sent` counts
+/// both streams of the attach).
+async fn pump<F, Fut>(
+    out: &Output,
+    mut offset: u64,
+    sent: &AtomicU64,
+    mut credit: watch::Receiver<u64>,
+    send: F,
+) -> Result<(), ()>
 where
     F: Fn(Vec<u8>) -> Fut,
     Fut: std::future::Future<Output = Result<(), russh::Error>>,
 {
     loop {
         let marks = out.wait_past(offset).await;
-        let chunk = match out.read(offset, CHUNK) {
+        let room = {
+            let c = credit
+                .wait_for(|c| sent.load(Ordering::SeqCst) < c + flow::OUTPUT_WINDOW)
+                .await
+                .map_err(drop)?;
+            (*c + flow::OUTPUT_WINDOW).saturating_sub(sent.load(Ordering::SeqCst))
+        };
+        let chunk = match out.read(offset, CHUNK.min(room as usize).max(1)) {
             Ok(c) => c,
             Err(OutputError::Gone { acked, .. }) => {
                 // The host acknowledged past us through another attach.
@@ -104,6 +175,7 @@ where
             continue;
         }
         offset += chunk.len() as u64;
+        sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
         send(chunk).await.map_err(|_| ())?;
     }
 }

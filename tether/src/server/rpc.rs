@@ -124,10 +124,10 @@ pub async fn handle(shared: &Shared, body: Option<Req>) -> Resp {
             }
         }
         Req::CloseStdin(x) => match sessions.get(&x.session) {
-            Ok(s) => match s.close_stdin().await {
-                Ok(()) => Resp::Ok(Empty {}),
-                Err(e) => session_err(e, &x.session),
-            },
+            Ok(s) => {
+                s.close_stdin();
+                Resp::Ok(Empty {})
+            }
             Err(e) => session_err(e, &x.session),
         },
         Req::Wait(x) => match sessions.get(&x.session) {

@@ -72,12 +72,41 @@ enum Stdin {
     Pty(Arc<AsyncFd<OwnedFd>>),
 }
 
+enum StdinMsg {
+    Data(bytes::Bytes),
+    Close,
+}
+
+/// A session's stdin: bytes queued by attaches, written to the process by
+/// one writer task, so that a process that does not read never holds up
+/// whoever queued them (nor the EOF that comes after them). What is queued
+/// is bounded by the attaches' credit windows (`proto::flow`).
+struct StdinQueue {
+    /// `None` once stdin is closed (or the session never had it).
+    tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<StdinMsg>>>,
+    /// Total bytes ever queued.
+    queued: std::sync::atomic::AtomicU64,
+    /// Total bytes the process took, or that were dropped because its stdin
+    /// broke: what every attach's credit is measured against.
+    taken: watch::Sender<u64>,
+}
+
+impl StdinQueue {
+    fn new() -> Self {
+        Self {
+            tx: Mutex::new(None),
+            queued: std::sync::atomic::AtomicU64::new(0),
+            taken: watch::Sender::new(0),
+        }
+    }
+}
+
 pub struct Session {
     pub spec: SessionSpec,
     pub stdout: Output,
     pub stderr: Output,
     life: watch::Sender<Life>,
-    stdin: tokio::sync::Mutex<Option<Stdin>>,
+    stdin: StdinQueue,
     pty: Mutex<Option<Arc<AsyncFd<OwnedFd>>>>,
     /// The host has been sent the exit status (on an attach channel or in
     /// a `Wait` reply).
@@ -109,7 +138,7 @@ impl Session {
                 state: State::Created as i32,
                 ..Default::default()
             }),
-            stdin: tokio::sync::Mutex::new(None),
+            stdin: StdinQueue::new(),
             pty: Mutex::new(None),
             exit_delivered: std::sync::atomic::AtomicBool::new(false),
         }
@@ -271,38 +300,72 @@ impl Session {
         spawn::resize(pty.get_ref(), rows, cols).map_err(|e| self.io_err(e))
     }
 
-    /// Writes to the process's stdin. Data for a session without open stdin
-    /// is an error.
-    pub async fn write_stdin(&self, data: &[u8]) -> Result<(), SessionError> {
-        use tokio::io::AsyncWriteExt;
-        let mut guard = self.stdin.lock().await;
-        match guard.as_mut() {
-            None => Err(SessionError::Invalid(format!(
+    /// Queues bytes for the process's stdin and returns the stdin offset
+    /// one past them: once [`Session::stdin_taken`] reaches it, the process
+    /// has them. Data for a session without open stdin is an error.
+    pub fn write_stdin(&self, data: bytes::Bytes) -> Result<u64, SessionError> {
+        use std::sync::atomic::Ordering;
+        let tx = lock(&self.stdin.tx);
+        let Some(tx) = tx.as_ref() else {
+            return Err(SessionError::Invalid(format!(
                 "session {:?} has no open stdin",
                 self.spec.id
-            ))),
-            Some(Stdin::Pipe(p)) => p.write_all(data).await.map_err(|e| self.io_err(e)),
-            Some(Stdin::Pty(fd)) => crate::fdio::write_all(fd, data)
-                .await
-                .map_err(|e| self.io_err(e)),
+            )));
+        };
+        let n = data.len() as u64;
+        let end = self.stdin.queued.fetch_add(n, Ordering::SeqCst) + n;
+        if tx.send(StdinMsg::Data(data)).is_err() {
+            // The writer is gone (stdin broke): nothing will take them.
+            self.stdin.taken.send_modify(|t| *t += n);
+        }
+        Ok(end)
+    }
+
+    /// Follows the total stdin bytes the process has taken.
+    pub fn stdin_taken(&self) -> watch::Receiver<u64> {
+        self.stdin.taken.subscribe()
+    }
+
+    /// Closes stdin once what is queued has been written: EOF on a pipe,
+    /// the EOF character (^D) on a terminal. Returns at once.
+    pub fn close_stdin(&self) {
+        if let Some(tx) = lock(&self.stdin.tx).take() {
+            let _ = tx.send(StdinMsg::Close);
         }
     }
 
-    /// Closes stdin: EOF on a pipe, the EOF character (^D) on a terminal.
-    pub async fn close_stdin(&self) -> Result<(), SessionError> {
-        let mut guard = self.stdin.lock().await;
-        match guard.take() {
-            Some(Stdin::Pty(fd)) => crate::fdio::write_all(&fd, b"\x04")
-                .await
-                .map_err(|e| self.io_err(e)),
-            Some(Stdin::Pipe(_)) | None => Ok(()),
-        }
-    }
-
-    fn set_stdin(&self, stdin: Stdin) {
-        if let Ok(mut g) = self.stdin.try_lock() {
-            *g = Some(stdin);
-        }
+    fn set_stdin(self: &Arc<Self>, stdin: Stdin) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        *lock(&self.stdin.tx) = Some(tx);
+        let session = self.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = Some(stdin);
+            while let Some(msg) = rx.recv().await {
+                let data = match msg {
+                    StdinMsg::Data(d) => d,
+                    StdinMsg::Close => {
+                        if let Some(Stdin::Pty(fd)) = stdin.take() {
+                            let _ = crate::fdio::write_all(&fd, b"\x04").await;
+                        }
+                        continue;
+                    }
+                };
+                let n = data.len() as u64;
+                let r = match stdin.as_mut() {
+                    Some(Stdin::Pipe(p)) => p.write_all(&data).await,
+                    Some(Stdin::Pty(fd)) => crate::fdio::write_all(fd, &data).await,
+                    None => Ok(()),
+                };
+                if let Err(e) = r {
+                    // The process closed its stdin or exited: drop what it
+                    // will never read, so that no sender waits for it.
+                    crate::info!("session {}: stdin: {e}", session.id());
+                    stdin = None;
+                }
+                session.stdin.taken.send_modify(|t| *t += n);
+            }
+        });
     }
 
     fn io_err(&self, source: std::io::Error) -> SessionError {
