@@ -21,6 +21,9 @@ pub fn appliance_bin() -> PathBuf {
     bin
 }
 
+/// The longest any one CLI command of a test may take (`timeout`'s form).
+const CLI_TIMEOUT: &str = "600";
+
 pub struct Server {
     pub state: PathBuf,
     child: Option<Child>,
@@ -63,6 +66,14 @@ impl Server {
         }
     }
 
+    /// The server's PID.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("the server is running")
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.state.join("appliance.sock")
     }
@@ -82,7 +93,10 @@ impl Server {
 
     pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         use std::io::Write;
-        let mut c = Command::new(appliance_bin())
+        // A CLI that hangs fails the test (exit 124) instead of the run.
+        let mut c = Command::new("timeout")
+            .arg(CLI_TIMEOUT)
+            .arg(appliance_bin())
             .arg("--state")
             .arg(&self.state)
             .args(args)
