@@ -1171,7 +1171,11 @@ impl PortLayer {
                     "The container is running: stop it first, or force",
                 ));
             }
-            let _ = self.backend.stop(&c.id, 9, Duration::ZERO).await;
+            // SIGKILL in the guest (the tether then syncs the disks), with
+            // a short grace: the backend kills the VM past it.
+            if let Err(e) = self.backend.stop(&c.id, 9, Duration::from_secs(1)).await {
+                tracing::warn!("container {}: {e}; removing it all the same", c.id);
+            }
         }
         self.backend
             .remove(&c.id)

@@ -34,6 +34,33 @@ use crate::tether::{AttachEvent, Client};
 
 /// How long a VM may take to boot and answer.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the tether may take to answer a control call (signal, exec,
+/// status, ...), whatever it is doing: past it, the call fails saying so.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stop's grace period when none is given (the tether's default).
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long past a stop's grace period the tether may take to report the
+/// stop before the VM is killed from here.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Runs a call to the tether with a bound on its time.
+async fn bounded<T>(
+    id: &str,
+    what: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, crate::tether::ClientError>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r.map_err(|e| BackendError::failed(id, e)),
+        Err(_) => Err(BackendError::failed(
+            id,
+            format!(
+                "The tether did not answer {what} within {} s",
+                limit.as_secs()
+            ),
+        )),
+    }
+}
 
 struct Running {
     client: Client,
@@ -537,9 +564,23 @@ impl Backend for LocalBackend {
     async fn stop(&self, id: &str, signal: i32, timeout: Duration) -> Result<(), BackendError> {
         let run = self.get(id)?;
         // Stop signal, grace period and kill happen in the guest; the
-        // tether then powers off and `supervise` reports the exit.
-        let r = run.client.stop(id, signal, timeout).await;
-        if r.is_err() {
+        // tether then powers off and `supervise` reports the exit. A tether
+        // that fails or does not report within the grace period (and a
+        // margin) gets its VM killed: a stop always ends.
+        let grace = if timeout.is_zero() {
+            DEFAULT_STOP_GRACE
+        } else {
+            timeout
+        };
+        let r = bounded(
+            id,
+            "the stop",
+            grace + STOP_MARGIN,
+            run.client.stop(id, signal, timeout),
+        )
+        .await;
+        if let Err(e) = r {
+            tracing::warn!("container {id}: {e}; killing its VM");
             kill_pid(run.pid);
         }
         Ok(())
@@ -547,45 +588,79 @@ impl Backend for LocalBackend {
 
     async fn pause(&self, id: &str) -> Result<(), BackendError> {
         let run = self.get(id)?;
-        let mut q = Qmp::connect(&run.dir.join("qmp.sock"))
-            .await
-            .map_err(|e| BackendError::failed(id, e))?;
-        q.pause().await.map_err(|e| BackendError::failed(id, e))
+        let qmp = async {
+            let mut q = Qmp::connect(&run.dir.join("qmp.sock")).await?;
+            q.pause().await
+        };
+        match tokio::time::timeout(CONTROL_TIMEOUT, qmp).await {
+            Ok(r) => r.map_err(|e| BackendError::failed(id, e)),
+            Err(_) => Err(BackendError::failed(
+                id,
+                format!(
+                    "QEMU did not answer the pause within {} s",
+                    CONTROL_TIMEOUT.as_secs()
+                ),
+            )),
+        }
     }
 
     async fn resume(&self, id: &str) -> Result<(), BackendError> {
         let run = self.get(id)?;
-        let mut q = Qmp::connect(&run.dir.join("qmp.sock"))
-            .await
-            .map_err(|e| BackendError::failed(id, e))?;
-        q.resume().await.map_err(|e| BackendError::failed(id, e))
+        let qmp = async {
+            let mut q = Qmp::connect(&run.dir.join("qmp.sock")).await?;
+            q.resume().await
+        };
+        match tokio::time::timeout(CONTROL_TIMEOUT, qmp).await {
+            Ok(r) => r.map_err(|e| BackendError::failed(id, e)),
+            Err(_) => Err(BackendError::failed(
+                id,
+                format!(
+                    "QEMU did not answer the resume within {} s",
+                    CONTROL_TIMEOUT.as_secs()
+                ),
+            )),
+        }
     }
 
     async fn exec(&self, id: &str, task: &Task) -> Result<(), BackendError> {
         let run = self.get(id)?;
-        run.client
-            .exec(task_spec(task))
-            .await
-            .map_err(|e| BackendError::failed(id, e))?;
+        bounded(
+            id,
+            "the exec",
+            CONTROL_TIMEOUT,
+            run.client.exec(task_spec(task)),
+        )
+        .await?;
         tokio::spawn(self.self_arc().follow_task(id.into(), task.id.clone(), run));
         Ok(())
     }
 
     async fn stop_task(&self, id: &str, task: &str, timeout: Duration) -> Result<(), BackendError> {
         let run = self.get(id)?;
-        run.client
-            .stop(task, 0, timeout)
-            .await
-            .map(drop)
-            .map_err(|e| BackendError::failed(id, e))
+        let grace = if timeout.is_zero() {
+            DEFAULT_STOP_GRACE
+        } else {
+            timeout
+        };
+        bounded(
+            id,
+            "the stop",
+            grace + STOP_MARGIN,
+            run.client.stop(task, 0, timeout),
+        )
+        .await
+        .map(drop)
     }
 
     async fn signal(&self, id: &str, task: &str, signal: i32) -> Result<(), BackendError> {
         let run = self.get(id)?;
-        run.client
-            .signal(task, signal)
-            .await
-            .map_err(|e| BackendError::failed(id, e))
+        bounded(
+            id,
+            "the signal",
+            CONTROL_TIMEOUT,
+            run.client.signal(task, signal),
+        )
+        .await
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
@@ -614,22 +689,27 @@ impl Backend for LocalBackend {
         stdin: bool,
     ) -> Result<AttachStream, BackendError> {
         let run = self.get(id)?;
-        let st = run
-            .client
-            .status(task)
-            .await
-            .map_err(|e| BackendError::failed(id, e))?;
+        let st = bounded(
+            id,
+            "a status request",
+            CONTROL_TIMEOUT,
+            run.client.status(task),
+        )
+        .await?;
         let s = st
             .sessions
             .first()
             .ok_or_else(|| BackendError::failed(id, format!("No task {task}")))?;
         // Live from now: what came before is in the task's log.
-        let mut a = run
-            .client
-            .attach(task, (s.stdout_offset, s.stderr_offset), stdin)
-            .await
-            .map_err(|e| BackendError::failed(id, e))?
-            .manual_ack();
+        let mut a = bounded(
+            id,
+            "the attach",
+            CONTROL_TIMEOUT,
+            run.client
+                .attach(task, (s.stdout_offset, s.stderr_offset), stdin),
+        )
+        .await?
+        .manual_ack();
         let (out_tx, output) = tokio::sync::mpsc::channel(64);
         let (input, mut in_rx) = tokio::sync::mpsc::channel::<AttachInput>(64);
         let client_task = task.to_string();

@@ -1,0 +1,101 @@
+//! Control always answers: kill, stop and rm -f end within a bound whatever
+//! the tether is doing. The tether is wedged on purpose by freezing its VM
+//! (QMP `stop`: no guest code runs, the channel stays open and silent).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use tests::server::{Server, stderr, stdout};
+
+fn new_server() -> (tempfile::TempDir, Server) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(d.path());
+    (d, s)
+}
+
+/// Freezes a container's VM behind the appliance's back.
+fn freeze(s: &Server, id: &str) {
+    let sock = s.state.join("containers").join(&id[..12]).join("qmp.sock");
+    let c = UnixStream::connect(&sock).expect("qmp socket");
+    let mut r = BufReader::new(c.try_clone().expect("clone"));
+    let mut w = c;
+    let mut line = String::new();
+    r.read_line(&mut line).expect("qmp greeting");
+    for cmd in ["qmp_capabilities", "stop"] {
+        writeln!(w, r#"{{"execute":"{cmd}"}}"#).expect("qmp");
+        // Events may come before the answer.
+        loop {
+            line.clear();
+            r.read_line(&mut line).expect("qmp answer");
+            assert!(!line.is_empty() && !line.contains("error"), "{cmd}: {line}");
+            if line.contains("return") {
+                break;
+            }
+        }
+    }
+}
+
+fn started(s: &Server, name: &str) -> String {
+    let o = s.cli(&[
+        "run", "-d", "--name", name, "busybox", "--", "sleep", "1000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+fn state(s: &Server, name: &str) -> String {
+    let (_, body) = s.http("GET", &format!("/exec/containers/{name}"), None);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    v["state"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn kill_stop_and_rm_f_answer_within_a_bound_when_the_tether_is_wedged() {
+    let (_d, s) = new_server();
+    let a = started(&s, "a");
+    let b = started(&s, "b");
+    freeze(&s, &a);
+    freeze(&s, &b);
+
+    // A signal fails, saying why, instead of hanging.
+    let t0 = Instant::now();
+    let k = s.cli(&["kill", "-s", "USR1", "a"]);
+    let took = t0.elapsed();
+    assert!(!k.status.success(), "a signal to a frozen tether succeeded");
+    assert!(stderr(&k).contains("did not answer"), "{}", stderr(&k));
+    assert!(took < Duration::from_secs(30), "kill took {took:?}");
+
+    // A stop with a 2 s grace ends: the VM is killed past it.
+    let t0 = Instant::now();
+    let st = s.cli(&["stop", "-t", "2", "a"]);
+    let took = t0.elapsed();
+    assert!(st.status.success(), "{}", stderr(&st));
+    assert!(took < Duration::from_secs(30), "stop -t 2 took {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(&s, "a") == "running" {
+        assert!(Instant::now() < deadline, "a still running after its stop");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // rm -f of a wedged one: gone, VM and all, within the bound.
+    let t0 = Instant::now();
+    let r = s.cli(&["rm", "-f", "b"]);
+    let took = t0.elapsed();
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(took < Duration::from_secs(30), "rm -f took {took:?}");
+    let (code, _) = s.http("GET", "/exec/containers/b", None);
+    assert_eq!(code, 404);
+    assert!(
+        !s.state.join("containers").join(&b[..12]).exists(),
+        "rm -f left the container's directory"
+    );
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains(&b[..12]),
+        "the removed container's QEMU is still running"
+    );
+}
