@@ -316,16 +316,30 @@ fn a_start_in_progress_is_listed_and_can_be_cancelled() {
     let c = json(&s.http("GET", "/exec/containers/slow", None).1);
     assert_eq!(c["state"], "exited", "{c}");
     assert!(c["error"].as_str().unwrap().contains("cancelled"), "{c}");
-    // No VM was left running for it.
-    let pid = std::fs::read_to_string(s.state.join("containers").join(&id[..12]).join("qemu.pid"))
-        .unwrap_or_default();
-    if let Ok(pid) = pid.trim().parse::<u32>() {
-        std::thread::sleep(Duration::from_millis(500));
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "QEMU {pid} still running"
-        );
+    // A VM was started for it (the cancel came while it booted) ...
+    let dir = s.state.join("containers").join(&id[..12]);
+    let pid_file = dir.join("qemu.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("no QEMU pid file {}: {e}", pid_file.display()));
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("QEMU pid file holds {pid:?}: {e}"));
+    // ... and none was left running for it: the pid is gone, or (reused)
+    // names another process than this container's QEMU.
+    let dir = dir.to_string_lossy().into_owned();
+    let ours = || {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&dir))
+            .unwrap_or(false)
+    };
+    for _ in 0..100 {
+        if !ours() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(!ours(), "QEMU {pid} for {dir} still running");
 }
 
 #[test]
@@ -380,22 +394,36 @@ fn a_vm_that_dies_marks_its_container_exited_with_an_error_event() {
 #[test]
 fn run_with_a_terminal() {
     let (_d, s) = new_server();
-    // `script` gives the CLI a terminal of its own.
+    // `script` gives the CLI a terminal of its own, sized 30x100 here
+    // (without a terminal on its own stdin, `script` makes it 0x0, whatever
+    // LINES and COLUMNS say). The CLI passes its terminal's size on to the
+    // container's as a resize, which the local backend can only take once
+    // the task runs (the terminal starts at 24x80): the guest waits (10 s at
+    // most) for its size to change before it prints it.
+    let guest = "tty; i=0; while [ \"$(stty size)\" = \"24 80\" ] && [ $i -lt 100 ]; \
+                 do sleep 0.1; i=$((i+1)); done; stty size; exit 5";
     let cmd = format!(
-        "{} --state {} run --rm -t busybox -- sh -c 'tty; stty size; exit 5'",
+        "stty rows 30 cols 100 && exec {} --state {} run --rm -t busybox -- sh -c '{guest}'",
         tests::server::appliance_bin().display(),
         s.state.display()
     );
     let o = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
-        .env("COLUMNS", "100")
-        .env("LINES", "30")
+        .stdin(std::process::Stdio::null())
         .output()
         .expect("script (util-linux)");
     let out = stdout(&o);
     assert!(
         out.contains("/dev/pts/"),
         "not a terminal: {out:?} {}",
+        stderr(&o)
+    );
+    // The terminal the guest sees has the size the CLI's terminal has.
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(
+        lines.last().copied(),
+        Some("30 100"),
+        "guest terminal size: {out:?} {}",
         stderr(&o)
     );
     assert_eq!(o.status.code(), Some(5), "{out:?}");

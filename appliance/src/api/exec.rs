@@ -1207,6 +1207,11 @@ mod tests {
             .call("DELETE", &format!("/exec/containers/{id}"), None)
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+        // The refused delete left the container as it was: present, running.
+        let (status, c) = h.call("GET", &format!("/exec/containers/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{c}");
+        assert_eq!(c["id"], json!(id), "{c}");
+        assert_eq!(c["state"], "running", "{c}");
 
         let waiter = {
             let router = h.router.clone();

@@ -399,6 +399,46 @@ mod tests {
             |c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "cgroup2"),
             libc::ENODEV,
         );
-        assert!(enter_rootfs_with(&sys, &spec("/dev/vda", false)).is_ok());
+        // The boot goes on: Ok, with the root switched before the cgroup
+        // mount was tried, and that mount the last (failed) call.
+        enter_rootfs_with(&sys, &spec("/dev/vda", false)).unwrap();
+        let moved = |from: &str, to: &str| Call::Mount {
+            source: Some(from.into()),
+            target: to.into(),
+            fstype: None,
+            flags: MsFlags::MS_MOVE,
+            data: None,
+        };
+        let mkdir = |p: &str| Call::MkdirAll {
+            path: p.into(),
+            mode: 0o755,
+        };
+        assert_eq!(
+            sys.calls(),
+            [
+                mkdir("/newroot"),
+                mount("/dev/vda", "/newroot", Some("ext4"), MsFlags::empty()),
+                mkdir("/newroot/dev"),
+                moved("/dev", "/newroot/dev"),
+                mkdir("/newroot/proc"),
+                moved("/proc", "/newroot/proc"),
+                mkdir("/newroot/sys"),
+                moved("/sys", "/newroot/sys"),
+                mkdir("/newroot/run"),
+                moved("/run", "/newroot/run"),
+                Call::Chdir {
+                    path: "/newroot".into()
+                },
+                moved(".", "/"),
+                Call::Chroot { path: ".".into() },
+                Call::Chdir { path: "/".into() },
+                mount(
+                    "cgroup2",
+                    "/sys/fs/cgroup",
+                    Some("cgroup2"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+                ),
+            ]
+        );
     }
 }
