@@ -3,7 +3,11 @@
 //! powering off, both measured in this run, medians of several runs.
 //!
 //! Also reported: boot to the first answered RPC (SSH handshake included),
-//! which is what a client of the tether actually waits for.
+//! which is what a client of the tether actually waits for; `run --rm
+//! busybox echo` to its output through `appliance serve`, measured in the
+//! same rounds as the bare boots (interleaved, so that a noisy moment hits
+//! both); and stdout throughput through an attach and through the whole
+//! run path, against the raw virtio-serial link of the same VM.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -128,8 +132,9 @@ async fn commits() -> anyhow::Result<()> {
 /// Container stdout streamed to a client through the tether (SSH channel
 /// over virtio-serial, with acknowledgements), against raw virtio-serial
 /// throughput from the same VM (the guest writes to a second port that the
-/// host reads directly).
-async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<()> {
+/// host reads directly). Both are written by `dd bs=1M`: large writes, so
+/// that the baseline is the link and not the writer.
+async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<f64> {
     use appliance::tether::AttachEvent;
     use tokio::io::AsyncReadExt;
     const N: u64 = 256 << 20;
@@ -144,7 +149,8 @@ async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<(
     // Raw: the guest writes N bytes to the bench port; the host counts.
     let mut raw = tokio::net::UnixStream::connect(&raw_sock).await?;
     let script = format!(
-        "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name)\" = org.tether.bench ] && d=/dev/${{p##*/}}; done; head -c {N} /dev/zero > $d"
+        "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name)\" = org.tether.bench ] && d=/dev/${{p##*/}}; done; dd if=/dev/zero bs=1M count={} of=$d 2>/dev/null",
+        N >> 20
     );
     let t0 = Instant::now();
     client.exec(session("raw", &["sh", "-c", &script])).await?;
@@ -160,7 +166,10 @@ async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<(
     // Through the tether: an exec's stdout over its attach channel.
     let t0 = Instant::now();
     client
-        .exec(session("out", &["head", "-c", &N.to_string(), "/dev/zero"]))
+        .exec(session(
+            "out",
+            &["dd", "if=/dev/zero", "bs=1M", &format!("count={}", N >> 20)],
+        ))
         .await?;
     let mut a = client.attach("out", (0, 0), false).await?;
     let mut got = 0u64;
@@ -179,52 +188,65 @@ async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<(
         mbs(att_t) / mbs(raw_t)
     );
     launched.vm.kill().await?;
-    Ok(())
+    Ok(mbs(raw_t))
 }
 
-/// `appliance run --rm busybox -- echo` through a running `appliance serve`:
-/// from the client's start to its first byte of output, against the bare
-/// boot of the same kernel measured in this run.
-async fn run_to_output(bare: Duration) -> anyhow::Result<()> {
-    use std::process::Stdio;
-    use tokio::io::AsyncReadExt;
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/appliance");
-    anyhow::ensure!(
-        bin.exists(),
-        "{} missing: make bench builds it",
-        bin.display()
-    );
-    let state = tempfile::tempdir()?;
-    let mut server = tokio::process::Command::new(&bin)
-        .arg("--state")
-        .arg(state.path())
-        .arg("serve")
-        .env(
-            "APPLIANCE_ACCEL",
-            std::env::var("APPLIANCE_ACCEL").unwrap_or_else(|_| "tcg".into()),
-        )
-        .env(
-            "APPLIANCE_BOOT_DIR",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let sock = state.path().join("appliance.sock");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sock.exists() {
-        anyhow::ensure!(Instant::now() < deadline, "appliance serve did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut times = Vec::new();
-    for _ in 0..RUNS {
-        let t0 = Instant::now();
-        let mut c = tokio::process::Command::new(&bin)
+/// A release `appliance serve` on a fresh state directory, for the run-path
+/// measurements.
+struct Serve {
+    bin: PathBuf,
+    state: tempfile::TempDir,
+    child: tokio::process::Child,
+}
+
+impl Serve {
+    async fn start() -> anyhow::Result<Self> {
+        use std::process::Stdio;
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/appliance");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} missing: make bench builds it",
+            bin.display()
+        );
+        let state = tempfile::tempdir()?;
+        let child = tokio::process::Command::new(&bin)
             .arg("--state")
             .arg(state.path())
-            .args(["run", "--rm", "busybox", "--", "echo", "hi"])
+            .arg("serve")
+            .env(
+                "APPLIANCE_ACCEL",
+                std::env::var("APPLIANCE_ACCEL").unwrap_or_else(|_| "tcg".into()),
+            )
+            .env(
+                "APPLIANCE_BOOT_DIR",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let sock = state.path().join("appliance.sock");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !sock.exists() {
+            anyhow::ensure!(Instant::now() < deadline, "appliance serve did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Self { bin, state, child })
+    }
+
+    /// `appliance run --rm busybox -- ARGS`: the time from the client's
+    /// start to its first byte of output, the time from that byte to the
+    /// end, and the bytes it printed.
+    async fn run(&self, args: &[&str]) -> anyhow::Result<(Duration, Duration, u64)> {
+        use std::process::Stdio;
+        use tokio::io::AsyncReadExt;
+        let t0 = Instant::now();
+        let mut c = tokio::process::Command::new(&self.bin)
+            .arg("--state")
+            .arg(self.state.path())
+            .args(["run", "--rm", "busybox", "--"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -232,20 +254,43 @@ async fn run_to_output(bare: Duration) -> anyhow::Result<()> {
             .stdout
             .take()
             .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut b = [0u8; 1];
-        anyhow::ensure!(out.read(&mut b).await? == 1, "no output");
-        times.push(t0.elapsed());
-        c.wait().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = out.read(&mut buf).await? as u64;
+        anyhow::ensure!(n > 0, "no output");
+        let first = t0.elapsed();
+        let t1 = Instant::now();
+        loop {
+            let k = out.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        let rest = t1.elapsed();
+        anyhow::ensure!(c.wait().await?.success(), "run failed");
+        Ok((first, rest, n))
     }
-    let t = median(times);
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        // The containers were removed with --rm: no VM is left.
+    }
+}
+
+/// Container stdout through the whole run path: `run --rm busybox -- dd`
+/// through `appliance serve` (tether, host log, REST) to the client's
+/// stdout, against the raw link measured in this run.
+async fn run_throughput(serve: &Serve, raw_mbs: f64) -> anyhow::Result<()> {
+    const MIB: u64 = 256;
+    let count = format!("count={MIB}");
+    let (_, rest, n) = serve.run(&["dd", "if=/dev/zero", "bs=1M", &count]).await?;
+    anyhow::ensure!(n == MIB << 20, "run printed {n} of {} bytes", MIB << 20);
+    let mbs = n as f64 / 1048576.0 / rest.as_secs_f64();
     println!(
-        "run --rm busybox echo, to output:  {:>7.3} s  ratio {:.2}x (against the bare boot)",
-        t.as_secs_f64(),
-        t.as_secs_f64() / bare.as_secs_f64()
+        "run --rm busybox dd, 256 MiB:      {mbs:>7.1} MiB/s   raw virtio-serial {raw_mbs:.1} MiB/s   ratio {:.2}x",
+        mbs / raw_mbs
     );
-    let _ = server.start_kill();
-    let _ = server.wait().await;
-    // The containers were removed with --rm: no VM is left.
     Ok(())
 }
 
@@ -270,7 +315,9 @@ async fn main() -> anyhow::Result<()> {
     let bare = bare_initrd(scratch.path())?;
     let _ = rootfs();
 
-    let (mut bare_t, mut ready_t, mut rpc_t) = (Vec::new(), Vec::new(), Vec::new());
+    let serve = Serve::start().await?;
+    let (mut bare_t, mut ready_t, mut rpc_t, mut run_t) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         // Bare boot of the same kernel, same machine and command line.
         let dir = tempfile::tempdir()?;
@@ -318,8 +365,16 @@ async fn main() -> anyhow::Result<()> {
         rpc_t.push(t0.elapsed());
         drop(client);
         launched.vm.kill().await?;
+
+        // The whole run path, in the same round: client start to output.
+        run_t.push(serve.run(&["echo", "hi"]).await?.0);
     }
-    let (b, r, p) = (median(bare_t), median(ready_t), median(rpc_t));
+    let (b, r, p, o) = (
+        median(bare_t),
+        median(ready_t),
+        median(rpc_t),
+        median(run_t),
+    );
     let size =
         std::fs::metadata(Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/tether"))?.len();
     println!("accelerator: {}, runs: {RUNS}, medians", accel.qemu_name());
@@ -341,8 +396,14 @@ async fn main() -> anyhow::Result<()> {
         "tether binary (static, stripped):  {size} bytes ({:.2} MB)",
         size as f64 / 1e6
     );
-    run_to_output(b).await?;
-    throughput(accel).await?;
+    println!(
+        "run --rm busybox echo, to output:  {:>7.3} s  ratio {:.2}x",
+        o.as_secs_f64(),
+        o.as_secs_f64() / b.as_secs_f64()
+    );
+    let raw = throughput(accel).await?;
+    run_throughput(&serve, raw).await?;
+    serve.stop().await;
     tokio::task::spawn_blocking(|| -> anyhow::Result<()> {
         tests::bench_storage::pull_vs_skopeo()?;
         tests::bench_storage::create_small_vs_big()

@@ -541,11 +541,17 @@ impl Backend for LocalBackend {
         // If this start is abandoned (cancelled, failed) before the VM is
         // adopted, the detached QEMU must not be left behind.
         let mut guard = KillOnDrop(Some(pid));
-        let _ = std::fs::write(dir.join("qemu.pid"), pid.to_string());
-        let _ = std::fs::write(
-            dir.join("host_key.pub"),
-            crate::keys::public_openssh(&launched.host_key).unwrap_or_default(),
-        );
+        // `recover` needs both to take the VM back after a restart: a VM it
+        // could not find again would be orphaned, so failing to write them
+        // fails the start (and the guard ends the VM).
+        let host_key = crate::keys::public_openssh(&launched.host_key)
+            .map_err(|e| BackendError::failed(&c.id, e))?;
+        for (name, text) in [("qemu.pid", pid.to_string()), ("host_key.pub", host_key)] {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| {
+                BackendError::failed(&c.id, format!("Writing {}: {e}", path.display()))
+            })?;
+        }
         let client = match launched.connect(&self.key, BOOT_TIMEOUT).await {
             Ok(c) => c,
             Err(e) => {
