@@ -32,7 +32,7 @@ use super::error::{ApiError, ErrorBody, ErrorCode, error_chain};
 use super::extract::{PathArgs, QueryArgs};
 use super::time::{format_rfc3339_nanos, parse_time};
 use crate::backend::{AttachInput, AttachOutput, AttachStream};
-use crate::interaction::logs::{Record, Stream};
+use crate::interaction::logs::{self, Filter, LogError, Record, Stream};
 use crate::portlayer::exec::{PortError, PortLayer};
 use crate::portlayer::model::PowerState;
 
@@ -45,6 +45,8 @@ const QUIET_POLLS_AFTER_EXIT: u32 = 3;
 const HEADER: usize = 8 + 1 + 4;
 /// Larger records are corruption (as `interaction::logs`).
 const MAX_RECORD: usize = 16 << 20;
+/// How much of a log is read at once (more if one record is larger).
+const CHUNK: usize = 1 << 20;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -91,8 +93,10 @@ impl LogFollower {
         }
     }
 
-    /// The records completed since the last call. A record still being
-    /// written is left for the next call.
+    /// The next records completed since the last call, about `CHUNK`
+    /// bytes of them (at least one whole record if there is one): call
+    /// again until none come. A record still being written is left for
+    /// the next call.
     async fn read_new(&mut self) -> io::Result<Vec<Record>> {
         if self.file.is_none() {
             match tokio::fs::File::open(&self.path).await {
@@ -106,7 +110,18 @@ impl LogFollower {
         };
         file.seek(io::SeekFrom::Start(self.offset)).await?;
         let mut buf = Vec::new();
-        file.read_to_end(&mut buf).await?;
+        (&mut *file)
+            .take(CHUNK as u64)
+            .read_to_end(&mut buf)
+            .await?;
+        if buf.len() >= HEADER {
+            // A first record larger than the chunk: the rest of it.
+            let len = u32::from_le_bytes([buf[9], buf[10], buf[11], buf[12]]) as usize;
+            if len <= MAX_RECORD && HEADER + len > buf.len() {
+                let more = HEADER + len - buf.len();
+                (&mut *file).take(more as u64).read_to_end(&mut buf).await?;
+            }
+        }
         let (records, used) = decode_records(&buf)?;
         self.offset += used as u64;
         Ok(records)
@@ -152,27 +167,6 @@ fn decode_records(buf: &[u8]) -> io::Result<(Vec<Record>, usize)> {
     Ok((out, at))
 }
 
-/// Splits records into lines, joining a line split across consecutive
-/// records of one stream (as `logs::read` does), so `tail` counts lines.
-fn lines(records: Vec<Record>) -> Vec<Record> {
-    let mut lines: Vec<Record> = Vec::new();
-    for rec in records {
-        for piece in rec.data.split_inclusive(|b| *b == b'\n') {
-            match lines.last_mut() {
-                Some(last) if last.stream == rec.stream && !last.data.ends_with(b"\n") => {
-                    last.data.extend_from_slice(piece)
-                }
-                _ => lines.push(Record {
-                    time: rec.time,
-                    stream: rec.stream,
-                    data: piece.to_vec(),
-                }),
-            }
-        }
-    }
-    lines
-}
-
 /// Which records go out, and how.
 struct LogFormat {
     since: Option<i64>,
@@ -184,6 +178,14 @@ struct LogFormat {
 }
 
 impl LogFormat {
+    fn filter(&self) -> Filter {
+        Filter {
+            since: self.since,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+
     fn wants(&self, r: &Record) -> bool {
         let stream = match r.stream {
             Stream::Stdout => self.stdout,
@@ -230,6 +232,39 @@ struct LogRequest {
     follow: bool,
 }
 
+/// Sends the wanted records the follower has not read yet, a chunk at a
+/// time. Whether there were any; `Err` once the response is over.
+async fn send_new(
+    follower: &mut LogFollower,
+    format: &mut LogFormat,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    fail: &impl Fn(io::Error) -> io::Error,
+) -> Result<bool, ()> {
+    let mut any = false;
+    loop {
+        let new = match follower.read_new().await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(fail(e))).await;
+                return Err(());
+            }
+        };
+        if new.is_empty() {
+            return Ok(any);
+        }
+        any = true;
+        let mut out = Vec::new();
+        for r in &new {
+            if format.wants(r) {
+                format.encode(r, &mut out);
+            }
+        }
+        if !out.is_empty() && tx.send(Ok(out.into())).await.is_err() {
+            return Err(());
+        }
+    }
+}
+
 async fn stream_log(
     req: LogRequest,
     mut follower: LogFollower,
@@ -245,23 +280,43 @@ async fn stream_log(
     } = req;
     let fail =
         |e: io::Error| io::Error::new(e.kind(), format!("Log of {container}/task/{task}: {e}"));
-    // What is there now: lines, so that `tail` counts lines.
-    let first = match follower.read_new().await {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tx.send(Err(fail(e))).await;
+    // What is there now. A tail counts lines: read from the end of the
+    // log, on a blocking thread, only as much as the tail needs.
+    if let Some(n) = tail {
+        let path = follower.path.clone();
+        let filter = format.filter();
+        let read = tokio::task::spawn_blocking(move || logs::read_tail(&path, &filter, n))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| {
+                r.map_err(|e| match e {
+                    LogError::Io { source, .. } => source,
+                })
+            })
+            .and_then(|t| match t.corrupt {
+                Some(e) => Err(e),
+                None => Ok(t),
+            });
+        let tail = match read {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = tx.send(Err(fail(e))).await;
+                return;
+            }
+        };
+        follower.offset = tail.end;
+        let mut out = Vec::new();
+        for r in &tail.lines {
+            format.encode(r, &mut out);
+        }
+        drop(tail);
+        if !out.is_empty() && tx.send(Ok(out.into())).await.is_err() {
             return;
         }
-    };
-    let mut batch = lines(first.into_iter().filter(|r| format.wants(r)).collect());
-    if let Some(n) = tail {
-        batch.drain(..batch.len().saturating_sub(n));
-    }
-    let mut out = Vec::new();
-    for r in &batch {
-        format.encode(r, &mut out);
-    }
-    if !out.is_empty() && tx.send(Ok(out.into())).await.is_err() {
+    } else if send_new(&mut follower, &mut format, &tx, &fail)
+        .await
+        .is_err()
+    {
         return;
     }
     if !follow {
@@ -273,33 +328,18 @@ async fn stream_log(
             _ = tokio::time::sleep(POLL) => {}
             _ = tx.closed() => return,
         }
-        let new = match follower.read_new().await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.send(Err(fail(e))).await;
-                return;
-            }
+        let Ok(any) = send_new(&mut follower, &mut format, &tx, &fail).await else {
+            return;
         };
-        if new.is_empty() {
+        if !any {
             if let Some(n) = quiet_after_exit.as_mut() {
                 *n += 1;
                 if *n >= QUIET_POLLS_AFTER_EXIT {
                     return;
                 }
             }
-        } else {
-            if let Some(n) = quiet_after_exit.as_mut() {
-                *n = 0;
-            }
-            let mut out = Vec::new();
-            for r in &new {
-                if format.wants(r) {
-                    format.encode(r, &mut out);
-                }
-            }
-            if !out.is_empty() && tx.send(Ok(out.into())).await.is_err() {
-                return;
-            }
+        } else if let Some(n) = quiet_after_exit.as_mut() {
+            *n = 0;
         }
         if quiet_after_exit.is_none() && task_done(&pl, &container, &task) {
             quiet_after_exit = Some(0);
@@ -695,6 +735,44 @@ mod ws_and_log_tests {
         let (status, e) = h.call("GET", &format!("{base}?task=nope"), None).await;
         assert_eq!(status, 404);
         assert_eq!(e["element"], format!("{id}/task/nope"));
+    }
+
+    #[tokio::test]
+    async fn logs_larger_than_a_chunk_come_whole_and_tails_read_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::with_logs(dir.path());
+        let id = h.create("web").await;
+        let mut w = LogWriter::open(&LoggingFake::path(dir.path(), &id, &id)).unwrap();
+        let mut want = Vec::new();
+        // Many small records, then one larger than a read chunk.
+        for i in 0..40_000 {
+            let line = format!("line {i:08}\n");
+            w.append(Stream::Stdout, S, line.as_bytes()).unwrap();
+            want.extend_from_slice(line.as_bytes());
+        }
+        let big: Vec<u8> = (0..3 * super::CHUNK)
+            .map(|i| if i % 100 == 99 { b'\n' } else { b'x' })
+            .collect();
+        w.append(Stream::Stderr, 2 * S, &big).unwrap();
+        want.extend_from_slice(&big);
+        w.append(Stream::Stdout, 3 * S, b"end\n").unwrap();
+        want.extend_from_slice(b"end\n");
+        w.sync().unwrap();
+        let base = format!("/interaction/containers/{id}/logs");
+        let resp = h
+            .send(Request::get(&base).body(axum::body::Body::empty()).unwrap())
+            .await;
+        assert_eq!(resp.status(), 200);
+        let got = body_bytes(resp).await;
+        assert!(got == want, "{} bytes, want {}", got.len(), want.len());
+        // The stderr record ends in a partial line (3 MiB % 100 = 28).
+        let (status, body) = text(&h, &format!("{base}?tail=3")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("{}\n{}end\n", "x".repeat(99), "x".repeat(28)));
+        let (_, body) = text(&h, &format!("{base}?tail=2&stderr=false")).await;
+        assert_eq!(body, "line 00039999\nend\n");
+        let (_, body) = text(&h, &format!("{base}?tail=0")).await;
+        assert_eq!(body, "");
     }
 
     #[tokio::test]

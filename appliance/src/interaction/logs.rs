@@ -10,6 +10,7 @@
 //!
 //! Record: `u64 time (unix ns, LE) | u8 stream (1 stdout, 2 stderr) | u32 len (LE) | len bytes`.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -202,8 +203,16 @@ pub struct ReadOptions {
 }
 
 /// Reads the log's records, filtered. Records are split into lines so
-/// that `tail` counts lines, as `docker logs --tail` does.
+/// that `tail` counts lines, as `docker logs --tail` does. With `tail`,
+/// only the end of the log is read (see `read_tail`).
 pub fn read(path: &Path, opts: &ReadOptions) -> Result<Vec<Record>, LogError> {
+    if let Some(n) = opts.tail {
+        let filter = Filter {
+            since: opts.since,
+            ..Filter::default()
+        };
+        return Ok(read_tail(path, &filter, n)?.lines);
+    }
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -215,30 +224,383 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Vec<Record>, LogError> {
         }
     };
     let mut r = BufReader::new(file);
-    let mut lines: Vec<Record> = Vec::new();
+    let mut lines = Lines::new(None);
     while let Ok(Some(rec)) = read_record(&mut r) {
         if opts.since.is_some_and(|s| rec.time < s) {
             continue;
         }
+        lines.push(&rec);
+    }
+    Ok(lines.into_vec())
+}
+
+/// Which records count towards a tail.
+#[derive(Debug, Clone, Copy)]
+pub struct Filter {
+    /// Only records at or after this time (unix ns).
+    pub since: Option<i64>,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            since: None,
+            stdout: true,
+            stderr: true,
+        }
+    }
+}
+
+impl Filter {
+    fn wants(&self, stream: Stream, time: i64) -> bool {
+        let s = match stream {
+            Stream::Stdout => self.stdout,
+            Stream::Stderr => self.stderr,
+        };
+        s && self.since.is_none_or(|since| time >= since)
+    }
+}
+
+/// The last lines of a log (see `read_tail`).
+#[derive(Debug)]
+pub struct Tail {
+    /// The last N lines of the records the filter wants: the records split
+    /// into lines, a line split across consecutive wanted records of one
+    /// stream joined, exactly as `read` does over the whole log.
+    pub lines: Vec<Record>,
+    /// Where the complete records end: where to follow the log from.
+    pub end: u64,
+    /// Why reading stopped before the end of the file, if it hit a
+    /// corrupt record (at `end`); a torn last record is not corruption.
+    pub corrupt: Option<io::Error>,
+    /// Bytes read from the file (headers and data).
+    pub bytes_read: u64,
+}
+
+/// Splits records into lines, joining a line split across consecutive
+/// records of one stream; keeps only the last `keep` lines if given.
+struct Lines {
+    lines: VecDeque<Record>,
+    keep: Option<usize>,
+}
+
+impl Lines {
+    fn new(keep: Option<usize>) -> Self {
+        Lines {
+            lines: VecDeque::new(),
+            keep,
+        }
+    }
+
+    fn push(&mut self, rec: &Record) {
         for piece in rec.data.split_inclusive(|b| *b == b'\n') {
-            // Join a line split across records of the same stream.
-            match lines.last_mut() {
+            match self.lines.back_mut() {
                 Some(last) if last.stream == rec.stream && !last.data.ends_with(b"\n") => {
                     last.data.extend_from_slice(piece)
                 }
-                _ => lines.push(Record {
-                    time: rec.time,
-                    stream: rec.stream,
-                    data: piece.to_vec(),
-                }),
+                _ => {
+                    // The last line may still grow: keep it even for
+                    // `keep == 0` (cut in `into_vec`).
+                    if let Some(k) = self.keep {
+                        while self.lines.len() >= k.max(1) {
+                            self.lines.pop_front();
+                        }
+                    }
+                    self.lines.push_back(Record {
+                        time: rec.time,
+                        stream: rec.stream,
+                        data: piece.to_vec(),
+                    })
+                }
             }
         }
     }
-    if let Some(n) = opts.tail {
-        let skip = lines.len().saturating_sub(n);
-        lines.drain(..skip);
+
+    fn into_vec(self) -> Vec<Record> {
+        let mut v = Vec::from(self.lines);
+        if let Some(k) = self.keep {
+            v.drain(..v.len().saturating_sub(k));
+        }
+        v
     }
-    Ok(lines)
+}
+
+/// Records per checkpoint of the header scan: the backward pass re-scans
+/// one block's headers at a time, so only every BLOCK-th offset is kept.
+const BLOCK: usize = 1024;
+/// The backward pass reads a block of records at most this large in one
+/// go, headers and data.
+const BLOCK_READ: u64 = 1 << 20;
+/// How much the header scan reads at once while records are small.
+const SCAN_CHUNK: usize = 64 << 10;
+/// Records at least this large are seeked over (only their headers read);
+/// smaller ones are read through, `SCAN_CHUNK` at a time.
+const SKIP: usize = 4 << 10;
+
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    time: i64,
+    stream: Stream,
+    len: u32,
+}
+
+/// Positioned reads of a file, counted.
+struct Src<R> {
+    r: R,
+    pos: u64,
+    bytes_read: u64,
+}
+
+impl<R: Read + Seek> Src<R> {
+    /// Reads into `buf` at `off` until it is full or the file ends.
+    fn read_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos != off {
+            self.r.seek(SeekFrom::Start(off))?;
+            self.pos = off;
+        }
+        let mut n = 0;
+        while n < buf.len() {
+            match self.r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pos += n as u64;
+        self.bytes_read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Walks record headers from an offset, seeking over large records' data.
+struct Scanner<'a, R> {
+    src: &'a mut Src<R>,
+    /// The file's length when reading started: later appends are ignored.
+    size: u64,
+    buf: Vec<u8>,
+    buf_at: u64,
+    /// How much to read when the next header is not buffered.
+    want: usize,
+}
+
+enum Next {
+    Record(Header),
+    /// No complete record here: the end of the file, or a torn record.
+    End,
+    Corrupt(io::Error),
+}
+
+impl<'a, R: Read + Seek> Scanner<'a, R> {
+    fn new(src: &'a mut Src<R>, size: u64) -> Self {
+        Scanner {
+            src,
+            size,
+            buf: Vec::new(),
+            buf_at: 0,
+            want: HEADER,
+        }
+    }
+
+    /// Reads `len` bytes at `off` into the buffer.
+    fn fill(&mut self, off: u64, len: usize) -> io::Result<()> {
+        let n = (len as u64).min(self.size.saturating_sub(off)) as usize;
+        self.buf.resize(n, 0);
+        let got = self.src.read_at(off, &mut self.buf)?;
+        self.buf.truncate(got);
+        self.buf_at = off;
+        Ok(())
+    }
+
+    /// The `len` bytes at `off`: from the buffer if there, else read.
+    fn data(&mut self, off: u64, len: usize) -> io::Result<Vec<u8>> {
+        if off >= self.buf_at && off + len as u64 <= self.buf_at + self.buf.len() as u64 {
+            let i = (off - self.buf_at) as usize;
+            return Ok(self.buf[i..i + len].to_vec());
+        }
+        let mut data = vec![0u8; len];
+        if self.src.read_at(off, &mut data)? < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("log truncated while read at offset {off}"),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// The record at `off`: its header, checked, and that its data is
+    /// all in the file.
+    fn at(&mut self, off: u64) -> io::Result<Next> {
+        if off + HEADER as u64 > self.size {
+            return Ok(Next::End);
+        }
+        let buffered =
+            off >= self.buf_at && off + HEADER as u64 <= self.buf_at + self.buf.len() as u64;
+        if !buffered {
+            self.fill(off, self.want)?;
+            if self.buf.len() < HEADER {
+                return Ok(Next::End);
+            }
+        }
+        let i = (off - self.buf_at) as usize;
+        let h = &self.buf[i..i + HEADER];
+        let time = i64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+        let stream = match h[8] {
+            1 => Stream::Stdout,
+            2 => Stream::Stderr,
+            b => {
+                return Ok(Next::Corrupt(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad stream byte {b} at offset {off}"),
+                )));
+            }
+        };
+        let len = u32::from_le_bytes([h[9], h[10], h[11], h[12]]);
+        if len > MAX_RECORD {
+            return Ok(Next::Corrupt(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("record of {len} bytes at offset {off}"),
+            )));
+        }
+        if off + (HEADER as u64) + u64::from(len) > self.size {
+            return Ok(Next::End);
+        }
+        self.want = if len as usize >= SKIP {
+            HEADER
+        } else {
+            SCAN_CHUNK
+        };
+        Ok(Next::Record(Header { time, stream, len }))
+    }
+}
+
+/// The last `n` lines of the log's records that `filter` wants, the same
+/// lines as splitting all of them and dropping all but the last `n`, but
+/// reading from the end: a first pass reads only the record headers
+/// (seeking over large records' data), keeping every `BLOCK`-th offset; a
+/// second walks the records backwards, block by block, reading the data
+/// of wanted ones until they hold `n + 1` line ends (or the log's start);
+/// those records, split forwards, end with exactly the last `n` lines.
+/// Memory is the tail's records (plus up to a block or a record more) and
+/// an offset per `BLOCK` records.
+///
+/// Like `read`, stops at a torn or corrupt record (reported in `corrupt`).
+/// Blocks on the disk: async callers run it on a blocking thread.
+pub fn read_tail(path: &Path, filter: &Filter, n: usize) -> Result<Tail, LogError> {
+    let err = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Tail {
+                lines: Vec::new(),
+                end: 0,
+                corrupt: None,
+                bytes_read: 0,
+            });
+        }
+        Err(source) => return Err(err(source)),
+    };
+    let size = file.metadata().map_err(err)?.len();
+    tail_of(file, size, filter, n, BLOCK_READ).map_err(err)
+}
+
+/// `read_tail` of `r`, `size` bytes long, reading blocks of up to
+/// `block_read` bytes whole in the backward pass.
+fn tail_of<R: Read + Seek>(
+    r: R,
+    size: u64,
+    filter: &Filter,
+    n: usize,
+    block_read: u64,
+) -> io::Result<Tail> {
+    let mut src = Src {
+        r,
+        pos: u64::MAX,
+        bytes_read: 0,
+    };
+    // Pass 1: headers only, to find where the complete records end.
+    let mut checkpoints: Vec<u64> = Vec::new();
+    let mut count = 0usize;
+    let mut end = 0u64;
+    let corrupt = {
+        let mut scan = Scanner::new(&mut src, size);
+        loop {
+            match scan.at(end)? {
+                Next::Record(h) => {
+                    if count.is_multiple_of(BLOCK) {
+                        checkpoints.push(end);
+                    }
+                    count += 1;
+                    end += HEADER as u64 + u64::from(h.len);
+                }
+                Next::End => break None,
+                Next::Corrupt(e) => break Some(e),
+            }
+        }
+    };
+    // Pass 2: backwards, block by block, collecting wanted records until
+    // they hold n + 1 line ends. A line ends at each '\n', and where a
+    // wanted record's data ends without one if the next wanted (non-empty)
+    // record is of the other stream, or there is none.
+    let mut picked: Vec<Record> = Vec::new();
+    if n > 0 {
+        let mut ends = 0usize;
+        let mut next_stream: Option<Stream> = None;
+        let mut block: Vec<(u64, Header)> = Vec::with_capacity(BLOCK);
+        'blocks: for (b, &start) in checkpoints.iter().enumerate().rev() {
+            block.clear();
+            let stop = checkpoints.get(b + 1).copied().unwrap_or(end);
+            let mut scan = Scanner::new(&mut src, stop);
+            if stop - start <= block_read {
+                // Small records: the whole block in one read.
+                scan.fill(start, (stop - start) as usize)?;
+            }
+            let mut off = start;
+            while off < stop {
+                let Next::Record(h) = scan.at(off)? else {
+                    return Err(io::Error::other(format!(
+                        "log changed while read at offset {off}"
+                    )));
+                };
+                block.push((off, h));
+                off += HEADER as u64 + u64::from(h.len);
+            }
+            for &(off, h) in block.iter().rev() {
+                if h.len == 0 || !filter.wants(h.stream, h.time) {
+                    continue;
+                }
+                let data = scan.data(off + HEADER as u64, h.len as usize)?;
+                ends += data.iter().filter(|b| **b == b'\n').count();
+                if !data.ends_with(b"\n") && next_stream != Some(h.stream) {
+                    ends += 1;
+                }
+                next_stream = Some(h.stream);
+                picked.push(Record {
+                    time: h.time,
+                    stream: h.stream,
+                    data,
+                });
+                if ends > n {
+                    break 'blocks;
+                }
+            }
+        }
+    }
+    let mut lines = Lines::new(Some(n));
+    while let Some(rec) = picked.pop() {
+        lines.push(&rec);
+    }
+    Ok(Tail {
+        lines: lines.into_vec(),
+        end,
+        corrupt,
+        bytes_read: src.bytes_read,
+    })
 }
 
 #[cfg(test)]
@@ -325,5 +687,263 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+
+    /// The algorithm `read` used before `read_tail`: every wanted record
+    /// split into lines, then all but the last `n` dropped.
+    fn full_read_then_drop(path: &Path, filter: &Filter, n: usize) -> Vec<Record> {
+        let mut r = BufReader::new(File::open(path).unwrap());
+        let mut lines: Vec<Record> = Vec::new();
+        while let Ok(Some(rec)) = read_record(&mut r) {
+            if !filter.wants(rec.stream, rec.time) {
+                continue;
+            }
+            for piece in rec.data.split_inclusive(|b| *b == b'\n') {
+                match lines.last_mut() {
+                    Some(last) if last.stream == rec.stream && !last.data.ends_with(b"\n") => {
+                        last.data.extend_from_slice(piece)
+                    }
+                    _ => lines.push(Record {
+                        time: rec.time,
+                        stream: rec.stream,
+                        data: piece.to_vec(),
+                    }),
+                }
+            }
+        }
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+        lines
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn record(out: &mut Vec<u8>, time: i64, stream: u8, data: &[u8]) {
+        out.extend_from_slice(&time.to_le_bytes());
+        out.push(stream);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+    }
+
+    /// A random log: mixed streams, runs of one stream, partial lines,
+    /// lines split over records, empty records, sometimes a torn or
+    /// corrupt end. Returns the bytes and the largest time.
+    fn random_log(rng: &mut Rng) -> (Vec<u8>, i64) {
+        let mut out = Vec::new();
+        // Some logs have records large enough to be seeked over.
+        let big = rng.below(3) == 0;
+        let records = match rng.below(4) {
+            0 => rng.below(5),
+            1 => rng.below(60),
+            2 => rng.below(600),
+            _ => 1100 + rng.below(2000),
+        };
+        // How often a byte is a newline: from never to often.
+        let newline = [0, 2, 10, 50][rng.below(4) as usize];
+        let mut time = 0i64;
+        let mut stream = 1u8;
+        for _ in 0..records {
+            if rng.below(3) == 0 {
+                stream = 3 - stream;
+            }
+            time += rng.below(3) as i64;
+            let len = match rng.below(10) {
+                0 => 0,
+                1 if big && rng.below(4) == 0 => 4096 + rng.below(8192) as usize,
+                _ => rng.below(40) as usize,
+            };
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    if newline > 0 && rng.below(100) < newline {
+                        b'\n'
+                    } else {
+                        b'a' + rng.below(26) as u8
+                    }
+                })
+                .collect();
+            record(&mut out, time, stream, &data);
+        }
+        match rng.below(8) {
+            // A torn header, or a torn record.
+            0 => out.extend_from_slice(&[1, 2, 3]),
+            1 => out.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0, 0, 1, 100, 0, 0, 0, b'x']),
+            // Corruption, then records that must not be read.
+            2 => {
+                record(&mut out, time, 7, b"bad\n");
+                record(&mut out, time, 1, b"after\n");
+            }
+            3 => {
+                out.extend_from_slice(&time.to_le_bytes());
+                out.push(1);
+                out.extend_from_slice(&(MAX_RECORD + 1).to_le_bytes());
+                record(&mut out, time, 1, b"after\n");
+            }
+            _ => {}
+        }
+        (out, time)
+    }
+
+    #[test]
+    fn tail_matches_reading_everything_then_dropping() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.log");
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for case in 0..120 {
+            let (bytes, max_time) = random_log(&mut rng);
+            std::fs::write(&p, &bytes).unwrap();
+            let total = full_read_then_drop(&p, &Filter::default(), usize::MAX).len();
+            let mut tails = vec![0, 1, 2, 3, 7, 50, total, total + 3];
+            tails.push(rng.below(total as u64 + 1) as usize);
+            let since = rng.below(max_time as u64 + 2) as i64;
+            let filters = [
+                Filter::default(),
+                Filter {
+                    stderr: false,
+                    ..Filter::default()
+                },
+                Filter {
+                    stdout: false,
+                    ..Filter::default()
+                },
+                Filter {
+                    since: Some(since),
+                    ..Filter::default()
+                },
+                Filter {
+                    since: Some(since),
+                    stdout: false,
+                    stderr: true,
+                },
+            ];
+            for filter in &filters {
+                let all = full_read_then_drop(&p, filter, usize::MAX);
+                for &n in &tails {
+                    let want = all[all.len().saturating_sub(n)..].to_vec();
+                    let got = read_tail(&p, filter, n).unwrap();
+                    assert_eq!(got.lines, want, "case {case}, {filter:?}, tail {n}");
+                    // And seeking over the data of every record.
+                    let f = File::open(&p).unwrap();
+                    let seeking = tail_of(f, bytes.len() as u64, filter, n, 0).unwrap();
+                    assert_eq!(
+                        seeking.lines, want,
+                        "case {case}, {filter:?}, tail {n}, seeking"
+                    );
+                    // At worst (the tail is everything): the headers' pass, the
+                    // last pass over them, the data.
+                    assert!(got.bytes_read <= 3 * bytes.len() as u64 + 64 * 1024);
+                    if filter.stdout && filter.stderr {
+                        let opts = ReadOptions {
+                            since: filter.since,
+                            tail: Some(n),
+                        };
+                        assert_eq!(read(&p, &opts).unwrap(), want, "case {case}, read {opts:?}");
+                    }
+                }
+            }
+            // `end` is where the complete, sound records end.
+            let t = read_tail(&p, &Filter::default(), 1).unwrap();
+            let mut r = BufReader::new(File::open(&p).unwrap());
+            let mut good = 0u64;
+            while let Ok(Some(rec)) = read_record(&mut r) {
+                good += (HEADER + rec.data.len()) as u64;
+            }
+            assert_eq!(t.end, good, "case {case}");
+            // A whole header after them that is unsound is corruption.
+            let corrupt = bytes
+                .get(good as usize..good as usize + HEADER)
+                .is_some_and(|h| {
+                    !matches!(h[8], 1 | 2)
+                        || u32::from_le_bytes([h[9], h[10], h[11], h[12]]) > MAX_RECORD
+                });
+            assert_eq!(t.corrupt.is_some(), corrupt, "case {case}: {:?}", t.corrupt);
+        }
+    }
+
+    #[test]
+    fn tail_of_a_large_log_reads_only_its_end() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.log");
+        let mut w = LogWriter::open(&p).unwrap();
+        // 64 MiB: 1024 records of 64 KiB, 1024 lines of 64 bytes each,
+        // the streams alternating.
+        let mut line = 0u64;
+        for i in 0..1024u32 {
+            let mut data = Vec::with_capacity(64 << 10);
+            for _ in 0..1024 {
+                data.extend_from_slice(format!("{line:063}\n").as_bytes());
+                line += 1;
+            }
+            let stream = if i % 2 == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            w.append(stream, i64::from(i), &data).unwrap();
+        }
+        w.sync().unwrap();
+        let size = std::fs::metadata(&p).unwrap().len();
+        assert!(size > 64 << 20);
+        let t = read_tail(&p, &Filter::default(), 10).unwrap();
+        let text: Vec<String> = t
+            .lines
+            .iter()
+            .map(|r| String::from_utf8(r.data.clone()).unwrap())
+            .collect();
+        let want: Vec<String> = (line - 10..line).map(|l| format!("{l:063}\n")).collect();
+        assert_eq!(text, want);
+        assert!(
+            t.lines
+                .iter()
+                .all(|r| r.stream == Stream::Stderr && r.time == 1023)
+        );
+        assert_eq!(t.end, size);
+        // Headers (twice for the last block) and the last record's data.
+        assert!(
+            t.bytes_read < 256 << 10,
+            "read {} of {size} bytes",
+            t.bytes_read
+        );
+        // Only stdout: the last stdout record, one back.
+        let t = read_tail(
+            &p,
+            &Filter {
+                stderr: false,
+                ..Filter::default()
+            },
+            1500,
+        )
+        .unwrap();
+        assert_eq!(t.lines.len(), 1500);
+        assert_eq!(t.lines[1499].time, 1022);
+        assert_eq!(t.lines[0].time, 1020);
+        assert!(t.bytes_read < 512 << 10, "read {}", t.bytes_read);
+        // `read` takes the same path.
+        let lines = read(
+            &p,
+            &ReadOptions {
+                since: None,
+                tail: Some(3),
+            },
+        )
+        .unwrap();
+        assert_eq!(lines.len(), 3);
     }
 }
