@@ -23,6 +23,10 @@ pub struct FakeBackend {
     /// Every call, for assertions: "start c1", "exec c1 t1", ...
     pub calls: Mutex<Vec<String>>,
     roots: Mutex<HashMap<String, tempfile::TempDir>>,
+    /// Containers created and not removed since.
+    held: Mutex<HashSet<String>>,
+    /// Kinds of call ("create", "start", ...) made to fail.
+    failing: Mutex<HashSet<String>>,
 }
 
 impl FakeBackend {
@@ -31,6 +35,35 @@ impl FakeBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(call);
+    }
+
+    /// Makes every later call of this kind ("create", "start", ...) fail.
+    pub fn fail(&self, call: &str) {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(call.into());
+    }
+
+    fn injected(&self, call: &str, id: &str) -> Result<(), BackendError> {
+        if self
+            .failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(call)
+        {
+            return Err(BackendError::failed(id, format!("injected {call} failure")));
+        }
+        Ok(())
+    }
+
+    /// Whether the backend holds something for the container: created and
+    /// not removed since.
+    pub fn holds(&self, id: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     fn emit(&self, ev: BackendEvent) {
@@ -107,11 +140,17 @@ impl FakeBackend {
 impl Backend for FakeBackend {
     async fn create(&self, c: &Container) -> Result<(), BackendError> {
         self.record(format!("create {}", c.id));
+        self.injected("create", &c.id)?;
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(c.id.clone());
         Ok(())
     }
 
     async fn start(&self, c: &Container) -> Result<(), BackendError> {
         self.record(format!("start {}", c.id));
+        self.injected("start", &c.id)?;
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         running.insert(c.id.clone(), HashSet::from([c.id.clone()]));
         Ok(())
@@ -179,6 +218,10 @@ impl Backend for FakeBackend {
         if self.is_running(id) {
             return Err(BackendError::failed(id, "still running"));
         }
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         Ok(())
     }
 

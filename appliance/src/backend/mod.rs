@@ -123,6 +123,9 @@ pub trait Backend: Send + Sync {
     async fn stop_task(&self, id: &str, task: &str, timeout: Duration) -> Result<(), BackendError>;
     async fn signal(&self, id: &str, task: &str, signal: i32) -> Result<(), BackendError>;
     /// Frees everything the container holds; it must not be running.
+    /// Also called when a creation fails (in `create` or after it, e.g. on
+    /// a taken name), so it must free a half-made creation and succeed
+    /// when there is nothing to free.
     async fn remove(&self, id: &str) -> Result<(), BackendError>;
     /// Attaches to a task's live streams, from now on (earlier output is in
     /// the task's log).

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -30,7 +31,7 @@ use super::policy::{self, Constraint, Policy, Scope, Target};
 use super::storage::{Storage, StorageError};
 use crate::backend::{Backend, BackendError, BackendEvent};
 use crate::handle::{self, HandleData, HandleKey};
-use crate::store::{ContainerRecord, Store, StoreError, now_ms};
+use crate::store::{ContainerRecord, ErrorRecord, Store, StoreError, now_ms};
 
 /// Fields a container filter may name.
 pub const CONTAINER_FIELDS: &[&str] = &[
@@ -147,6 +148,8 @@ pub struct PortLayer {
     pub storage: Option<Arc<Storage>>,
     key: HandleKey,
     backend: Arc<dyn Backend>,
+    /// Bookkeeping writes that failed after the fact (see `lost`).
+    dropped: AtomicU64,
 }
 
 fn new_id() -> String {
@@ -271,11 +274,70 @@ impl PortLayer {
             storage,
             key,
             backend: backend.clone(),
+            dropped: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         backend.subscribe(tx);
         tokio::spawn(pl.clone().follow_backend(rx));
         pl
+    }
+
+    /// How many bookkeeping writes (events, operation ends, state fixes,
+    /// error records) failed since this port layer started, for
+    /// diagnostics: each is also logged, and recorded as a `bookkeeping`
+    /// error when the store takes it.
+    pub fn dropped_writes(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A bookkeeping write that failed where the caller's request has
+    /// already taken effect, so failing it would misreport: logged,
+    /// counted, and recorded as an error if the store still can.
+    fn lost(&self, element: &str, what: &str, e: impl std::fmt::Display) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let message = format!("{what}: {e}");
+        tracing::warn!(element, "{message}");
+        let rec = ErrorRecord {
+            id: 0,
+            time: now_ms(),
+            kind: "bookkeeping".into(),
+            element: element.into(),
+            code: "BOOKKEEPING".into(),
+            message,
+        };
+        if let Err(e) = self.store.record_error(&rec) {
+            tracing::warn!(element, "recording that error: {e}");
+        }
+    }
+
+    /// Records an error for diagnostics; a failure to is logged and counted.
+    fn record_error(&self, kind: &str, element: &str, code: &str, message: &str) {
+        let rec = ErrorRecord {
+            id: 0,
+            time: now_ms(),
+            kind: kind.into(),
+            element: element.into(),
+            code: code.into(),
+            message: message.into(),
+        };
+        if let Err(e) = self.store.record_error(&rec) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(element, "recording error {code} ({message}): {e}");
+        }
+    }
+
+    /// Emits an event for a change already made; a failure is `lost`.
+    fn emit(
+        &self,
+        component: &str,
+        kind: &str,
+        element: &str,
+        labels: &BTreeMap<String, String>,
+        detail: serde_json::Value,
+    ) {
+        if let Err(e) = self.events.emit(component, kind, element, labels, detail) {
+            self.lost(element, &format!("Storing the {component} {kind} event"), e);
+        }
     }
 
     fn seal(&self, container: &str, base: u64, changes: &[Change]) -> Result<String, PortError> {
@@ -537,7 +599,7 @@ impl PortLayer {
         let mut results = BTreeMap::new();
         let mut actions = Vec::new();
 
-        let (mut c, base) = if data.base_version == 0 {
+        let (c, base) = if data.base_version == 0 {
             let Some(Change::Create { container }) = changes.first() else {
                 return Err(PortError::invalid(
                     &id,
@@ -574,11 +636,28 @@ impl PortLayer {
             }
             let mut c = (**container).clone();
             c.version = 1;
-            self.backend
-                .create(&c)
-                .await
-                .map_err(|e| PortError::invalid(&id, e.to_string()))?;
-            let v = self.store.insert_container(&to_record(&c)?)?;
+            // The rest of the handle is planned before anything exists, so
+            // a refused change (a placement policy, say) creates nothing.
+            // The container is stored once, with all the changes.
+            for ch in &changes[1..] {
+                self.plan(&mut c, ch, &mut results, &mut actions)?;
+            }
+            let rec = to_record(&c)?;
+            let created = match self.backend.create(&c).await {
+                Ok(()) => self.store.insert_container(&rec).map_err(PortError::from),
+                Err(e) => Err(PortError::invalid(&id, e.to_string())),
+            };
+            let v = match created {
+                Ok(v) => v,
+                Err(e) => {
+                    // A taken name, or a half-made creation: free what the
+                    // backend holds for it.
+                    if let Err(re) = self.backend.remove(&id).await {
+                        self.lost(&id, "Freeing a failed creation", re);
+                    }
+                    return Err(e);
+                }
+            };
             c.version = v;
             results.insert(
                 id.clone(),
@@ -587,13 +666,13 @@ impl PortLayer {
                     detail: "Created".into(),
                 },
             );
-            self.events.emit(
+            self.emit(
                 "exec",
                 "create",
                 &id,
                 &c.labels,
                 json!({ "name": c.name, "image": c.image }),
-            )?;
+            );
             (c, v)
         } else {
             let rec = self.store.container(&id)?;
@@ -606,15 +685,15 @@ impl PortLayer {
                 }
                 .into());
             }
-            (to_container(&rec)?, rec.version)
+            let mut c = to_container(&rec)?;
+            for ch in &changes {
+                self.plan(&mut c, ch, &mut results, &mut actions)?;
+            }
+            (c, rec.version)
         };
 
-        let skip = usize::from(data.base_version == 0);
-        for ch in &changes[skip..] {
-            self.plan(&mut c, ch, &mut results, &mut actions)?;
-        }
         // Store first: of racing commits exactly one gets past this line.
-        let version = if actions.is_empty() && changes.len() == skip {
+        let version = if data.base_version == 0 || (actions.is_empty() && changes.is_empty()) {
             base
         } else {
             self.store.update_container(&to_record(&c)?, base)?
@@ -932,32 +1011,15 @@ impl PortLayer {
         };
         let r = self.tracked(kind, &el, work).await;
         match r {
-            Ok(()) => {
-                let _ = self.events.emit("exec", kind, &el, &c.labels, json!({}));
-            }
+            Ok(()) => self.emit("exec", kind, &el, &c.labels, json!({})),
             Err(e) => {
                 let msg = e.to_string();
-                results.insert(
-                    el.clone(),
-                    ElementResult {
-                        status: Status::Error,
-                        detail: msg.clone(),
-                    },
-                );
-                let _ = self.store.record_error(&crate::store::ErrorRecord {
-                    id: 0,
-                    time: now_ms(),
-                    kind: "backend".into(),
-                    element: el.clone(),
-                    code: "BACKEND".into(),
-                    message: msg.clone(),
-                });
-                let _ = self
-                    .events
-                    .emit("exec", "error", &el, &c.labels, json!({ "error": msg }));
+                let mut detail = msg.clone();
+                self.record_error("backend", &el, "BACKEND", &msg);
+                self.emit("exec", "error", &el, &c.labels, json!({ "error": msg }));
                 // A container whose start failed is not running.
                 if el == id {
-                    let _ = self.update(id, |c| {
+                    let fixed = self.update(id, |c| {
                         if c.state == PowerState::Running
                             && c.started_at > 0
                             && c.exit_code.is_none()
@@ -967,7 +1029,19 @@ impl PortLayer {
                             c.finished_at = now_ms();
                         }
                     });
+                    if let Err(e) = fixed {
+                        let what = "Marking the container exited after its backend failed";
+                        detail = format!("{msg} ({what}: {e})");
+                        self.lost(id, what, e);
+                    }
                 }
+                results.insert(
+                    el.clone(),
+                    ElementResult {
+                        status: Status::Error,
+                        detail,
+                    },
+                );
             }
         }
     }
@@ -993,7 +1067,11 @@ impl PortLayer {
             cancel_requested: false,
         };
         if let Err(e) = self.store.op_start(&op) {
-            tracing::warn!("recording operation {kind} on {element}: {e}");
+            self.lost(
+                element,
+                &format!("Recording operation {} ({kind})", op.id),
+                e,
+            );
         }
         let cancelled = async {
             loop {
@@ -1017,7 +1095,13 @@ impl PortLayer {
             ),
         };
         let detail = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
-        let _ = self.store.op_finish(&op.id, state, &detail);
+        if let Err(e) = self.store.op_finish(&op.id, state, &detail) {
+            self.lost(
+                element,
+                &format!("Finishing operation {} ({kind}) as {state}", op.id),
+                e,
+            );
+        }
         r
     }
 
@@ -1097,14 +1181,7 @@ impl PortLayer {
                         c.finished_at = now_ms();
                     })
                     .and_then(|c| {
-                        let _ = self.store.record_error(&crate::store::ErrorRecord {
-                            id: 0,
-                            time: now_ms(),
-                            kind: "vm-crash".into(),
-                            element: container.clone(),
-                            code: "VM_CRASH".into(),
-                            message: error.clone(),
-                        });
+                        self.record_error("vm-crash", container, "VM_CRASH", error);
                         self.events
                             .emit(
                                 "exec",
@@ -1117,7 +1194,19 @@ impl PortLayer {
                     }),
             };
             if let Err(e) = r {
-                tracing::warn!("recording backend event {ev:?}: {e}");
+                if let PortError::Store(StoreError::NotFound { .. }) = e {
+                    // Removed meanwhile: nothing left to record it on.
+                    tracing::debug!("backend event {ev:?} for a removed container");
+                    continue;
+                }
+                let element = match &ev {
+                    BackendEvent::TaskExited {
+                        container, task, ..
+                    } => task_element(container, task),
+                    BackendEvent::Exited { container, .. }
+                    | BackendEvent::Crashed { container, .. } => container.clone(),
+                };
+                self.lost(&element, &format!("Recording backend event {ev:?}"), e);
             }
         }
     }
@@ -1240,7 +1329,7 @@ impl PortLayer {
             .await
             .map_err(|e| copy_error(&c.id, path, e))?;
         let summary = out.ok_or_else(|| PortError::invalid(&c.id, "The copy was cancelled"))?;
-        let _ = self.events.emit(
+        self.emit(
             "storage",
             "archive-put",
             &c.id,
@@ -1527,5 +1616,152 @@ mod tests {
         assert_eq!(pl.inspect("db2").unwrap().state, PowerState::Created);
         // Unknown constraints never get that far.
         assert!("sideways:label.x".parse::<Policy>().is_err());
+    }
+
+    /// Makes the store refuse some writes, through a trigger.
+    fn refuse(store: &Store, trigger: &str) {
+        store
+            .write(|tx| {
+                tx.execute_batch(&format!(
+                    "CREATE TRIGGER {trigger} BEGIN SELECT RAISE(ABORT, 'injected'); END;"
+                ))?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// The bookkeeping failures recorded about an element.
+    fn bookkeeping_errors(store: &Store, element: &str) -> usize {
+        store
+            .errors(&crate::store::ErrorQuery {
+                kind: Some("bookkeeping".into()),
+                element: Some(element.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .len()
+    }
+
+    #[tokio::test]
+    async fn a_create_and_start_refused_by_policy_leaves_nothing() {
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(Arc::new(Store::open_in_memory().unwrap()), fake.clone());
+        let mut db = spec("db1");
+        db.labels.insert("tier".into(), "db".into());
+        let (db_id, h) = pl.create(db).unwrap();
+        let h = pl.commit(&h).await.unwrap().handle;
+        pl.commit(&pl.change_state(&h, TargetState::Running).unwrap())
+            .await
+            .unwrap();
+
+        let mut s = spec("db2");
+        s.policies
+            .push("anti-affinity:label.tier=db".parse().unwrap());
+        let (id, h) = pl.create(s).unwrap();
+        let h = pl.change_state(&h, TargetState::Running).unwrap();
+        let err = pl.commit(&h).await.unwrap_err();
+        assert!(matches!(err, PortError::Policy { .. }), "{err}");
+        assert!(pl.inspect("db2").is_err(), "a refused commit created db2");
+        assert!(pl.inspect(&id).is_err());
+        assert!(!fake.holds(&id), "the backend kept db2's files");
+        assert!(fake.holds(&db_id));
+        // Nothing is left in the way: the same name can be used again.
+        let (_, h) = pl.create(spec("db2")).unwrap();
+        pl.commit(&h).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_taken_name_leaves_nothing_in_the_backend() {
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(Arc::new(Store::open_in_memory().unwrap()), fake.clone());
+        let (first, h) = pl.create(spec("web")).unwrap();
+        pl.commit(&h).await.unwrap();
+        let (second, h) = pl.create(spec("web")).unwrap();
+        let err = pl.commit(&h).await.unwrap_err();
+        assert!(
+            matches!(err, PortError::Store(StoreError::NameTaken { .. })),
+            "{err}"
+        );
+        assert!(pl.inspect(&second).is_err());
+        assert!(!fake.holds(&second), "the backend kept the loser's files");
+        assert!(fake.holds(&first));
+        assert_eq!(pl.inspect("web").unwrap().id, first);
+    }
+
+    #[tokio::test]
+    async fn a_failed_backend_create_is_cleaned_up() {
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(Arc::new(Store::open_in_memory().unwrap()), fake.clone());
+        fake.fail("create");
+        let (id, h) = pl.create(spec("web")).unwrap();
+        assert!(pl.commit(&h).await.is_err());
+        assert!(pl.inspect(&id).is_err());
+        // What a failed create had made (half a directory) goes too.
+        assert!(
+            fake.calls.lock().unwrap().contains(&format!("remove {id}")),
+            "{:?}",
+            fake.calls.lock().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_boot_that_cannot_be_stored_is_not_silent() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(store.clone(), fake.clone());
+        let (id, h) = pl.create(spec("vm")).unwrap();
+        let h = pl.commit(&h).await.unwrap().handle;
+        fake.fail("start");
+        refuse(
+            &store,
+            "no_exit BEFORE UPDATE ON containers WHEN NEW.state = 'exited'",
+        );
+        let r = pl
+            .commit(&pl.change_state(&h, TargetState::Running).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.results[&id].status, Status::Error);
+        // The store still says running: that is said and counted.
+        assert_eq!(pl.inspect(&id).unwrap().state, PowerState::Running);
+        assert_eq!(bookkeeping_errors(&store, &id), 1);
+        assert_eq!(pl.dropped_writes(), 1);
+        assert!(
+            r.results[&id].detail.contains("injected"),
+            "{:?}",
+            r.results[&id]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_operation_that_cannot_be_finished_is_not_silent() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let pl = layer(store.clone(), Arc::new(FakeBackend::default()));
+        let (id, h) = pl.create(spec("vm")).unwrap();
+        let h = pl.commit(&h).await.unwrap().handle;
+        refuse(&store, "no_finish BEFORE UPDATE ON operations");
+        let r = pl
+            .commit(&pl.change_state(&h, TargetState::Running).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.results[&id].status, Status::Success);
+        assert_eq!(store.ops(true).unwrap().len(), 1);
+        assert_eq!(bookkeeping_errors(&store, &id), 1);
+        assert_eq!(pl.dropped_writes(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_event_that_cannot_be_stored_is_not_silent() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let pl = layer(store.clone(), Arc::new(FakeBackend::default()));
+        let (id, h) = pl.create(spec("vm")).unwrap();
+        let h = pl.commit(&h).await.unwrap().handle;
+        refuse(&store, "no_events BEFORE INSERT ON events");
+        let r = pl
+            .commit(&pl.change_state(&h, TargetState::Running).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.results[&id].status, Status::Success);
+        assert_eq!(bookkeeping_errors(&store, &id), 1);
+        assert_eq!(pl.dropped_writes(), 1);
     }
 }
