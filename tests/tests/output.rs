@@ -97,7 +97,7 @@ fn run_delivers_256_mib_of_stdout_whole_and_in_order_with_bounded_memory() {
     assert!(
         grown < 96 << 10,
         "appliance serve grew by {grown} KiB while moving {} MiB",
-        blocks * BLOCK >> 20
+        (blocks * BLOCK) >> 20
     );
 }
 

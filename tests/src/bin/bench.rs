@@ -304,6 +304,16 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     }
+    // `bench throughput` runs only the attach throughput against the link.
+    if std::env::args().nth(1).as_deref() == Some("throughput") {
+        let art = artifacts();
+        let choice: AccelChoice = std::env::var("APPLIANCE_ACCEL")
+            .unwrap_or_else(|_| "tcg".into())
+            .parse()?;
+        let qemu = Path::new("qemu-system-x86_64");
+        let accel = accel::resolve(choice, qemu, &art.kernel, &art.initrd, None).await;
+        return throughput(accel).await.map(drop);
+    }
     commits().await?;
     let art = artifacts();
     let choice: AccelChoice = std::env::var("APPLIANCE_ACCEL")
