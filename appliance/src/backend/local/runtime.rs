@@ -492,9 +492,15 @@ impl Backend for LocalBackend {
             .image_disk(&c.image_id)
             .map_err(|e| BackendError::failed(&c.id, e))?;
         let dir = self.dir(&c.id);
-        std::fs::create_dir_all(dir.join("logs")).map_err(|e| BackendError::failed(&c.id, e))?;
-        crate::storage::disk::overlay(&base, &dir.join("root.qcow2"))
-            .map_err(|e| BackendError::failed(&c.id, e))
+        // qemu-img runs as a subprocess: off the async runtime.
+        let id = c.id.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(dir.join("logs")).map_err(|e| BackendError::failed(&id, e))?;
+            crate::storage::disk::overlay(&base, &dir.join("root.qcow2"))
+                .map_err(|e| BackendError::failed(&id, e))
+        })
+        .await
+        .map_err(|e| BackendError::failed(&c.id, e))?
     }
 
     async fn start(&self, c: &Container) -> Result<(), BackendError> {
