@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{PathArgs, QueryArgs};
 use super::time::parse_time;
 use crate::store::{self, ErrorQuery, ErrorRecord};
@@ -56,7 +56,6 @@ pub async fn logs(
     State(s): State<ApiState>,
     QueryArgs(q): QueryArgs<LogsQuery>,
 ) -> Result<String, ApiError> {
-    use super::error::ErrorCode;
     let Some(path) = &s.log_file else {
         return Err(ApiError::new(
             ErrorCode::NotFound,
@@ -223,8 +222,11 @@ pub async fn cancel_operation(
     State(s): State<ApiState>,
     PathArgs(id): PathArgs<String>,
 ) -> Result<(StatusCode, axum::Json<Operation>), ApiError> {
-    s.pl.store.op_request_cancel(&id)?;
-    Ok((StatusCode::ACCEPTED, axum::Json(s.pl.store.op(&id)?.into())))
+    let pl = s.pl.clone();
+    let op = tokio::task::spawn_blocking(move || pl.cancel_operation(&id))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    Ok((StatusCode::ACCEPTED, axum::Json(op.into())))
 }
 
 fn time_ms(element: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {

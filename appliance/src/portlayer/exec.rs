@@ -17,6 +17,7 @@
 //! loses track of whether its commit went through re-reads and decides.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -150,7 +151,14 @@ pub struct PortLayer {
     backend: Arc<dyn Backend>,
     /// Bookkeeping writes that failed after the fact (see `lost`).
     dropped: AtomicU64,
+    /// Operations in progress in this process, woken at once when one is
+    /// cancelled here (other replicas' requests arrive through the store).
+    cancels: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
+
+/// How often an operation in progress looks in the store for a
+/// cancellation requested by another replica.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
 
 fn new_id() -> String {
     let mut b = [0u8; 32];
@@ -275,6 +283,7 @@ impl PortLayer {
             key,
             backend: backend.clone(),
             dropped: AtomicU64::new(0),
+            cancels: Default::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         backend.subscribe(tx);
@@ -1073,12 +1082,26 @@ impl PortLayer {
                 e,
             );
         }
+        let here = Arc::new(tokio::sync::Notify::new());
+        self.cancel_slots().insert(op.id.clone(), here.clone());
         let cancelled = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if self.store.op_cancel_requested(&op.id).unwrap_or(false) {
-                    return;
+            let from_store = async {
+                loop {
+                    tokio::time::sleep(CANCEL_POLL).await;
+                    let (store, id) = (self.store.clone(), op.id.clone());
+                    let asked = tokio::task::spawn_blocking(move || store.op_cancel_requested(&id))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or(false);
+                    if asked {
+                        return;
+                    }
                 }
+            };
+            tokio::select! {
+                _ = here.notified() => {}
+                _ = from_store => {}
             }
         };
         let (r, state) = tokio::select! {
@@ -1094,6 +1117,7 @@ impl PortLayer {
                 OpState::Cancelled,
             ),
         };
+        self.cancel_slots().remove(&op.id);
         let detail = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
         if let Err(e) = self.store.op_finish(&op.id, state, &detail) {
             self.lost(
@@ -1103,6 +1127,22 @@ impl PortLayer {
             );
         }
         r
+    }
+
+    fn cancel_slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Notify>>> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for an operation in progress to be cancelled: at once if it
+    /// runs in this process, within `CANCEL_POLL` if it runs in another
+    /// replica sharing the store. Blocks on the store: call it from a
+    /// blocking thread.
+    pub fn cancel_operation(&self, id: &str) -> Result<crate::store::Operation, PortError> {
+        self.store.op_request_cancel(id)?;
+        if let Some(n) = self.cancel_slots().get(id) {
+            n.notify_one();
+        }
+        Ok(self.store.op(id)?)
     }
 
     /// Read-modify-write of the stored container, retried on conflicts:
