@@ -98,6 +98,13 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
     let backend = LocalBackend::new(state, artifacts, accel, client_key, storage.clone());
     let pl = PortLayer::with_storage(store.clone(), events, Some(storage), key, backend.clone());
 
+    // Operations a killed appliance left "running" end as failed.
+    match pl.fail_orphaned_operations() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "ended the operations of a stopped appliance"),
+        Err(e) => tracing::warn!("ending the operations of a stopped appliance: {e}"),
+    }
+
     // VMs outlive the appliance: take back those of running containers.
     let running: Vec<_> = pl
         .list_all()?

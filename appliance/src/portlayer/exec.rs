@@ -1145,6 +1145,40 @@ impl PortLayer {
         Ok(self.store.op(id)?)
     }
 
+    /// At start-up: operations the store says are running but whose
+    /// appliance process is gone (killed, crashed) end as failed, saying
+    /// so, instead of showing "running" forever. An operation of another
+    /// live `appliance serve` sharing the store is left alone. Returns how
+    /// many were ended.
+    pub fn fail_orphaned_operations(&self) -> Result<usize, PortError> {
+        use crate::store::OpState;
+        let me = std::process::id();
+        let mut n = 0;
+        for op in self.store.ops(true)? {
+            let Some(pid) = op
+                .owner
+                .strip_prefix("pid ")
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = pid != me
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"serve"));
+            if alive {
+                continue;
+            }
+            let detail = format!("The appliance that ran it (pid {pid}) stopped before it ended");
+            match self.store.op_finish(&op.id, OpState::Failed, &detail) {
+                Ok(()) => n += 1,
+                // Its owner finished it meanwhile.
+                Err(StoreError::AlreadyFinished { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n)
+    }
+
     /// Read-modify-write of the stored container, retried on conflicts:
     /// for the port layer's own bookkeeping (backend events), never for
     /// callers' handles.
@@ -1421,6 +1455,40 @@ impl PortLayer {
 mod tests {
     use super::*;
     use crate::backend::fake::FakeBackend;
+
+    #[tokio::test]
+    async fn operations_of_a_gone_appliance_end_as_failed_at_start_up() {
+        use crate::store::{OpState, Operation};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
+        let op = |id: &str, owner: &str| Operation {
+            id: id.into(),
+            kind: "start".into(),
+            element: "c".into(),
+            started_at: 1,
+            finished_at: None,
+            owner: owner.into(),
+            state: OpState::Running,
+            detail: String::new(),
+            cancel_requested: false,
+        };
+        // A pid no process has, this very process (an earlier run's pid
+        // reused), and an owner that is not a pid.
+        store.op_start(&op("gone", "pid 4000000000")).unwrap();
+        store
+            .op_start(&op("reused", &format!("pid {}", std::process::id())))
+            .unwrap();
+        store.op_start(&op("other", "replica-b")).unwrap();
+        let pl = layer(store.clone(), Arc::new(FakeBackend::default()));
+        assert_eq!(pl.fail_orphaned_operations().unwrap(), 2);
+        for id in ["gone", "reused"] {
+            let o = store.op(id).unwrap();
+            assert_eq!(o.state, OpState::Failed, "{id}");
+            assert!(o.detail.contains("stopped before it ended"), "{}", o.detail);
+        }
+        assert_eq!(store.op("other").unwrap().state, OpState::Running);
+        assert_eq!(pl.fail_orphaned_operations().unwrap(), 0);
+    }
 
     fn layer(store: Arc<Store>, backend: Arc<FakeBackend>) -> Arc<PortLayer> {
         PortLayer::new(store, HandleKey::from_bytes([7; 32]), backend)
