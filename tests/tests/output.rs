@@ -293,3 +293,43 @@ fn unread_stdin_blocks_nothing_and_eof_follows_it() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), (16u64 << 20).to_string());
 }
+
+/// A `cp` out of a container whose client stops reading holds up only
+/// itself: the container's RPCs and logs keep moving.
+#[test]
+fn a_stalled_copy_out_blocks_nothing() {
+    let (_d, s) = new_server();
+    let o = s.cli(&[
+        "run", "-d", "--name", "files", "busybox", "--", "sh", "-c",
+        "dd if=/dev/zero of=/big bs=1M count=64 2>/dev/null; echo made; while true; do echo tick; sleep 0.2; done",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stdout(&s.cli(&["logs", "files"])).contains("made") {
+        assert!(Instant::now() < deadline, "the file was never made");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Ask for the 64 MiB tar and read only the start of the answer.
+    let mut c = UnixStream::connect(s.socket()).expect("connect");
+    write!(
+        c,
+        "GET /storage/archive/{id}?path=/big HTTP/1.1\r\nHost: appliance\r\n\r\n"
+    )
+    .expect("request");
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).expect("answer");
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    std::thread::sleep(Duration::from_secs(3));
+
+    let e = s.cli(&["exec", "files", "--", "echo", "still here"]);
+    assert_eq!(stdout(&e), "still here\n", "{}", stderr(&e));
+    let l1 = log_size(&s, &id);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        log_size(&s, &id) > l1,
+        "the log stopped growing beside a stalled copy"
+    );
+    drop(c);
+    assert!(s.cli(&["rm", "-f", "files"]).status.success());
+}

@@ -27,8 +27,12 @@ use proto::v1::{
 };
 use russh::client::{Handle, Msg};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
-use tokio::sync::mpsc;
+
+use proto::flow;
+use tokio::sync::{Notify, mpsc};
 
 use super::{ClientError, Verifier};
 
@@ -36,8 +40,6 @@ use super::{ClientError, Verifier};
 const RESULT_EXT: u32 = 1;
 /// Read size for the tar handed to `archive_put`.
 const PUT_CHUNK: usize = 64 * 1024;
-/// Data messages of a download queued ahead of its reader.
-const DOWNLOAD_DEPTH: usize = 16;
 
 /// A transfer that completed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -148,12 +150,18 @@ pub(super) async fn get(
     path: &str,
 ) -> Result<ArchiveDownload, ClientError> {
     let (rd, wr, stat, rest) = open(handle, Direction::Get, path).await?;
-    let (tx, rx) = mpsc::channel(DOWNLOAD_DEPTH);
-    tokio::spawn(receive(rd, wr, rest, tx, path.to_owned()));
+    // Unbounded, but the tether sends no more than a window beyond the
+    // credit the reader grants as it takes pieces (`proto::flow`): the
+    // channel is always drained, so a slow reader never holds up the
+    // connection it shares with the container's logs and RPCs.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let consumed = Arc::new(Consumed::default());
+    tokio::spawn(receive(rd, wr, rest, tx, path.to_owned(), consumed.clone()));
     Ok(ArchiveDownload {
         path: path.to_owned(),
         stat,
         rx,
+        consumed,
         current: Bytes::new(),
         state: State::Streaming,
     })
@@ -164,19 +172,29 @@ enum Piece {
     Done(Result<ArchiveResult, ClientError>),
 }
 
-/// Moves a download's channel messages to its reader until the result.
+/// Tar bytes the reader has taken, for the credit `receive` grants.
+#[derive(Default)]
+struct Consumed {
+    bytes: AtomicU64,
+    more: Notify,
+}
+
+/// Moves a download's channel messages to its reader until the result,
+/// granting the tether credit as the reader takes them.
 async fn receive(
     mut rd: ChannelReadHalf,
     wr: ChannelWriteHalf<Msg>,
     rest: Bytes,
-    tx: mpsc::Sender<Piece>,
+    tx: mpsc::UnboundedSender<Piece>,
     path: String,
+    consumed: Arc<Consumed>,
 ) {
-    if !rest.is_empty() && tx.send(Piece::Data(rest)).await.is_err() {
+    if !rest.is_empty() && tx.send(Piece::Data(rest)).is_err() {
         let _ = wr.close().await;
         return;
     }
     let mut frame = ResultFrame::default();
+    let mut credited = 0u64;
     loop {
         let msg = tokio::select! {
             msg = rd.wait() => msg,
@@ -185,10 +203,21 @@ async fn receive(
                 let _ = wr.close().await;
                 return;
             }
+            () = consumed.more.notified() => {
+                let c = consumed.bytes.load(Ordering::SeqCst);
+                if c - credited >= flow::CREDIT_EVERY {
+                    credited = c;
+                    let credit = Bytes::copy_from_slice(&flow::encode_credit(c));
+                    if wr.extended_data_bytes(flow::EXT_CREDIT, credit).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
         };
         let done = match msg {
             Some(ChannelMsg::Data { data }) => {
-                if tx.send(Piece::Data(data)).await.is_err() {
+                if tx.send(Piece::Data(data)).is_err() {
                     let _ = wr.close().await;
                     return;
                 }
@@ -207,7 +236,7 @@ async fn receive(
             )),
             Some(_) => continue,
         };
-        let _ = tx.send(Piece::Done(done)).await;
+        let _ = tx.send(Piece::Done(done));
         let _ = wr.close().await;
         return;
     }
@@ -231,7 +260,8 @@ enum State {
 pub struct ArchiveDownload {
     path: String,
     stat: PathStat,
-    rx: mpsc::Receiver<Piece>,
+    rx: mpsc::UnboundedReceiver<Piece>,
+    consumed: Arc<Consumed>,
     current: Bytes,
     state: State,
 }
@@ -289,7 +319,13 @@ impl ArchiveDownload {
         }
         let piece = ready!(self.rx.poll_recv(cx));
         Poll::Ready(match piece {
-            Some(Piece::Data(b)) => Ok(Some(b)),
+            Some(Piece::Data(b)) => {
+                self.consumed
+                    .bytes
+                    .fetch_add(b.len() as u64, Ordering::SeqCst);
+                self.consumed.more.notify_one();
+                Ok(Some(b))
+            }
             Some(Piece::Done(Ok(r))) => {
                 self.state = State::Complete(r);
                 Ok(None)
@@ -410,14 +446,15 @@ mod tests {
     use futures::StreamExt;
 
     fn download(pieces: Vec<Piece>) -> ArchiveDownload {
-        let (tx, rx) = mpsc::channel(pieces.len().max(1));
+        let (tx, rx) = mpsc::unbounded_channel();
         for p in pieces {
-            assert!(tx.try_send(p).is_ok());
+            assert!(tx.send(p).is_ok());
         }
         ArchiveDownload {
             path: "/etc".into(),
             stat: PathStat::default(),
             rx,
+            consumed: Arc::default(),
             current: Bytes::new(),
             state: State::Streaming,
         }

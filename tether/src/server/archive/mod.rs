@@ -131,10 +131,21 @@ async fn get(rd: ChannelReadHalf, wr: ChannelWriteHalf<Msg>, path: String) {
     if send_frame(&wr, &reply).await.is_err() {
         return;
     }
+    // The host grants credit as its reader takes the tar (`proto::flow`):
+    // a slow reader holds up this transfer only, never the connection.
+    let (credit_tx, mut credit) = tokio::sync::watch::channel(0u64);
     let stream = async {
+        let mut sent = 0u64;
         loop {
             match rx.recv().await {
-                Some(GetEvent::Data(b)) => wr.data_bytes(b).await.map_err(|_| ())?,
+                Some(GetEvent::Data(b)) => {
+                    credit
+                        .wait_for(|c| sent < c + proto::flow::OUTPUT_WINDOW)
+                        .await
+                        .map_err(drop)?;
+                    sent += b.len() as u64;
+                    wr.data_bytes(b).await.map_err(|_| ())?
+                }
                 Some(GetEvent::Done(r)) => return Ok(Some(r)),
                 Some(GetEvent::Ready(_)) | None => return Ok(None),
             }
@@ -144,7 +155,7 @@ async fn get(rd: ChannelReadHalf, wr: ChannelWriteHalf<Msg>, path: String) {
     // the packing thread's next write fail.
     let outcome = tokio::select! {
         r = stream => r,
-        () = host_closed(rd) => Err(()),
+        () = host_side(rd, credit_tx) => Err(()),
     };
     let result = match outcome {
         Err(()) => {
@@ -282,11 +293,22 @@ async fn stat(wr: ChannelWriteHalf<Msg>, path: String) {
     let _ = wr.close().await;
 }
 
-/// Returns once the host has closed the channel (or the connection is gone).
-async fn host_closed(mut rd: ChannelReadHalf) {
+/// Takes the host's credit for a download; returns once the host has closed
+/// the channel (or the connection is gone).
+async fn host_side(mut rd: ChannelReadHalf, credit: tokio::sync::watch::Sender<u64>) {
     while let Some(msg) = rd.wait().await {
-        if matches!(msg, ChannelMsg::Close) {
-            return;
+        match msg {
+            ChannelMsg::Close => return,
+            ChannelMsg::ExtendedData { data, ext } if ext == proto::flow::EXT_CREDIT => {
+                if let Some(total) = proto::flow::decode_credit(&data) {
+                    credit.send_if_modified(|c| {
+                        let more = total > *c;
+                        *c = (*c).max(total);
+                        more
+                    });
+                }
+            }
+            _ => {}
         }
     }
 }
