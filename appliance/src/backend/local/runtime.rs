@@ -471,7 +471,8 @@ impl Maintenance {
     /// Powers the VM off cleanly (the tether syncs and unmounts: what was
     /// copied in is on disk), killing it if it does not go.
     async fn finish(mut self) {
-        let _ = self.client.power_off().await;
+        // Bounded: a tether that does not answer is killed below.
+        let _ = tokio::time::timeout(CONTROL_TIMEOUT, self.client.power_off()).await;
         let gone = tokio::time::timeout(Duration::from_secs(30), self.launched.vm.wait()).await;
         if gone.is_err() {
             tracing::warn!(
@@ -759,11 +760,18 @@ impl Backend for LocalBackend {
 
     async fn archive_get(&self, c: &Container, path: &str) -> Result<ArchiveRead, BackendError> {
         let t = self.tether_for_copy(c).await?;
-        let mut dl = match t.client().archive_get(path).await {
+        let mut dl = match bounded(
+            &c.id,
+            "the copy",
+            CONTROL_TIMEOUT,
+            t.client().archive_get(path),
+        )
+        .await
+        {
             Ok(dl) => dl,
             Err(e) => {
                 t.finish().await;
-                return Err(BackendError::failed(&c.id, e));
+                return Err(e);
             }
         };
         let (tx, rx) = mpsc::channel(8);
