@@ -43,6 +43,15 @@ const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// stop before the VM is killed from here.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
 
+/// A stop's grace period: the one given, else the tether's default.
+fn stop_grace(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        DEFAULT_STOP_GRACE
+    } else {
+        timeout
+    }
+}
+
 /// Runs a call to the tether with a bound on its time.
 async fn bounded<T>(
     id: &str,
@@ -580,11 +589,7 @@ impl Backend for LocalBackend {
         // tether then powers off and `supervise` reports the exit. A tether
         // that fails or does not report within the grace period (and a
         // margin) gets its VM killed: a stop always ends.
-        let grace = if timeout.is_zero() {
-            DEFAULT_STOP_GRACE
-        } else {
-            timeout
-        };
+        let grace = stop_grace(timeout);
         let r = bounded(
             id,
             "the stop",
@@ -650,11 +655,7 @@ impl Backend for LocalBackend {
 
     async fn stop_task(&self, id: &str, task: &str, timeout: Duration) -> Result<(), BackendError> {
         let run = self.get(id)?;
-        let grace = if timeout.is_zero() {
-            DEFAULT_STOP_GRACE
-        } else {
-            timeout
-        };
+        let grace = stop_grace(timeout);
         bounded(
             id,
             "the stop",
