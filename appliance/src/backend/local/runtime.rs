@@ -438,6 +438,30 @@ impl LocalBackend {
         }
     }
 
+    /// Pauses (`true`) or resumes a VM through QMP, within `CONTROL_TIMEOUT`.
+    async fn run_state(&self, id: &str, pause: bool) -> Result<(), BackendError> {
+        let run = self.get(id)?;
+        let what = if pause { "pause" } else { "resume" };
+        let qmp = async {
+            let mut q = Qmp::connect(&run.dir.join("qmp.sock")).await?;
+            if pause {
+                q.pause().await
+            } else {
+                q.resume().await
+            }
+        };
+        match tokio::time::timeout(CONTROL_TIMEOUT, qmp).await {
+            Ok(r) => r.map_err(|e| BackendError::failed(id, e)),
+            Err(_) => Err(BackendError::failed(
+                id,
+                format!(
+                    "QEMU did not answer the {what} within {} s",
+                    CONTROL_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
     fn adopt(&self, id: &str, run: Arc<Running>) {
         self.running
             .lock()
@@ -605,39 +629,11 @@ impl Backend for LocalBackend {
     }
 
     async fn pause(&self, id: &str) -> Result<(), BackendError> {
-        let run = self.get(id)?;
-        let qmp = async {
-            let mut q = Qmp::connect(&run.dir.join("qmp.sock")).await?;
-            q.pause().await
-        };
-        match tokio::time::timeout(CONTROL_TIMEOUT, qmp).await {
-            Ok(r) => r.map_err(|e| BackendError::failed(id, e)),
-            Err(_) => Err(BackendError::failed(
-                id,
-                format!(
-                    "QEMU did not answer the pause within {} s",
-                    CONTROL_TIMEOUT.as_secs()
-                ),
-            )),
-        }
+        self.run_state(id, true).await
     }
 
     async fn resume(&self, id: &str) -> Result<(), BackendError> {
-        let run = self.get(id)?;
-        let qmp = async {
-            let mut q = Qmp::connect(&run.dir.join("qmp.sock")).await?;
-            q.resume().await
-        };
-        match tokio::time::timeout(CONTROL_TIMEOUT, qmp).await {
-            Ok(r) => r.map_err(|e| BackendError::failed(id, e)),
-            Err(_) => Err(BackendError::failed(
-                id,
-                format!(
-                    "QEMU did not answer the resume within {} s",
-                    CONTROL_TIMEOUT.as_secs()
-                ),
-            )),
-        }
+        self.run_state(id, false).await
     }
 
     async fn exec(&self, id: &str, task: &Task) -> Result<(), BackendError> {
