@@ -83,7 +83,32 @@ impl Server {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // The debug build panics (and says so in its log) when the state
+            // database is used on an async worker: a test that got there
+            // fails.
+            let log = std::fs::read_to_string(self.state.join("serve.log")).unwrap_or_default();
+            if log.contains("used on an async worker thread") && !std::thread::panicking() {
+                panic!("appliance serve blocked an async worker on the store; its log:\n{log}");
+            }
         }
+    }
+
+    /// Sends SIGTERM and waits (at most `bound`) for the server to exit;
+    /// `None` if it did not.
+    pub fn terminate(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Runs the CLI against this server.

@@ -187,7 +187,7 @@ pub async fn operations(
     State(s): State<ApiState>,
     QueryArgs(q): QueryArgs<OperationsQuery>,
 ) -> Result<axum::Json<Vec<Operation>>, ApiError> {
-    let ops = s.pl.store.ops(q.running)?;
+    let ops = s.pl.store.call(move |st| st.ops(q.running)).await?;
     Ok(axum::Json(ops.into_iter().map(Operation::from).collect()))
 }
 
@@ -204,7 +204,9 @@ pub async fn operation(
     State(s): State<ApiState>,
     PathArgs(id): PathArgs<String>,
 ) -> Result<axum::Json<Operation>, ApiError> {
-    Ok(axum::Json(s.pl.store.op(&id)?.into()))
+    Ok(axum::Json(
+        s.pl.store.call(move |st| st.op(&id)).await?.into(),
+    ))
 }
 
 /// Asks for an operation to be cancelled. Idempotent; a no-op on a
@@ -222,10 +224,7 @@ pub async fn cancel_operation(
     State(s): State<ApiState>,
     PathArgs(id): PathArgs<String>,
 ) -> Result<(StatusCode, axum::Json<Operation>), ApiError> {
-    let pl = s.pl.clone();
-    let op = tokio::task::spawn_blocking(move || pl.cancel_operation(&id))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, "", e.to_string()))??;
+    let op = s.pl.off(move |pl| pl.cancel_operation(&id)).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(op.into())))
 }
 
@@ -256,7 +255,7 @@ pub async fn errors(
         element: q.element.filter(|e| !e.is_empty()),
         limit: q.limit,
     };
-    let errors = s.pl.store.errors(&query)?;
+    let errors = s.pl.store.call(move |st| st.errors(&query)).await?;
     Ok(axum::Json(
         errors.into_iter().map(ErrorEntry::from).collect(),
     ))
@@ -272,15 +271,18 @@ pub async fn stats(State(s): State<ApiState>) -> Result<axum::Json<Stats>, ApiEr
     for state in ["created", "running", "paused", "exited"] {
         containers.insert(state.to_string(), 0);
     }
-    let records = s.pl.store.containers()?;
+    let (records, last_event, running) =
+        s.pl.store
+            .call(|st| Ok((st.containers()?, st.last_event_id()?, st.ops(true)?.len())))
+            .await?;
     for c in &records {
         *containers.entry(c.state.clone()).or_insert(0) += 1;
     }
     Ok(axum::Json(Stats {
         containers,
         containers_total: records.len() as u64,
-        events_total: u64::try_from(s.pl.store.last_event_id()?).unwrap_or(0),
-        operations_running: s.pl.store.ops(true)?.len() as u64,
+        events_total: u64::try_from(last_event).unwrap_or(0),
+        operations_running: running as u64,
         uptime_seconds: s.started.elapsed().as_secs_f64(),
     }))
 }

@@ -147,6 +147,8 @@ fn store_parts(e: &StoreError) -> (ErrorCode, String, Option<u64>) {
         StoreError::Invalid { what, .. } => (ErrorCode::InvalidArgument, (*what).into(), None),
         StoreError::SchemaTooNew { .. }
         | StoreError::Dir { .. }
+        | StoreError::Thread(_)
+        | StoreError::WorkerGone
         | StoreError::Sqlite(_)
         | StoreError::Json(_) => (ErrorCode::Internal, String::new(), None),
     }

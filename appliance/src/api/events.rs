@@ -116,7 +116,10 @@ async fn produce(
         if catch_up {
             catch_up = false;
             loop {
-                let stored = match store.events_after(last, REPLAY_PAGE) {
+                let stored = match store
+                    .call(move |st| st.events_after(last, REPLAY_PAGE))
+                    .await
+                {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!("event stream: reading the store: {e}");
@@ -199,7 +202,7 @@ pub async fn events(
     let live = s.pl.events.subscribe();
     let last = match since {
         Some(id) => id.max(0),
-        None => s.pl.store.last_event_id()?,
+        None => s.pl.store.call(|st| st.last_event_id()).await?,
     };
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(produce(s.pl.store.clone(), live, filter, last, tx));

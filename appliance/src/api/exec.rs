@@ -476,7 +476,8 @@ pub async fn create(
     State(s): State<ApiState>,
     JsonBody(spec): JsonBody<CreateSpec>,
 ) -> Result<(StatusCode, axum::Json<Created>), ApiError> {
-    let (id, handle) = s.pl.create(spec.into_engine()?)?;
+    let spec = spec.into_engine()?;
+    let (id, handle) = s.pl.off(move |pl| pl.create(spec)).await?;
     Ok((StatusCode::CREATED, axum::Json(Created { id, handle })))
 }
 
@@ -493,7 +494,7 @@ pub async fn list(
     State(s): State<ApiState>,
     QueryArgs(q): QueryArgs<ListQuery>,
 ) -> Result<axum::Json<Vec<Container>>, ApiError> {
-    let all = s.pl.list(&q.filter)?;
+    let all = s.pl.off(move |pl| pl.list(&q.filter)).await?;
     Ok(axum::Json(all.into_iter().map(Container::from).collect()))
 }
 
@@ -510,7 +511,7 @@ pub async fn inspect(
     State(s): State<ApiState>,
     PathArgs(id): PathArgs<String>,
 ) -> Result<axum::Json<Container>, ApiError> {
-    Ok(axum::Json(s.pl.inspect(&id)?.into()))
+    Ok(axum::Json(s.pl.inspect_off(&id).await?.into()))
 }
 
 /// A handle on an existing container, at its current version.
@@ -527,7 +528,7 @@ pub async fn get_handle(
     PathArgs(id): PathArgs<String>,
 ) -> Result<axum::Json<HandleBody>, ApiError> {
     Ok(axum::Json(HandleBody {
-        handle: s.pl.get_handle(&id)?,
+        handle: s.pl.off(move |pl| pl.get_handle(&id)).await?,
     }))
 }
 
@@ -679,7 +680,7 @@ pub async fn commit(
             // Losing a race is the normal path of optimistic concurrency,
             // not a fault worth keeping.
             if e.body.code != ErrorCode::Conflict {
-                let _ = s.pl.store.record_error(&ErrorRecord {
+                let rec = ErrorRecord {
                     id: 0,
                     time: now_ms(),
                     kind: "commit".into(),
@@ -689,7 +690,10 @@ pub async fn commit(
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default(),
                     message: e.body.message.clone(),
-                });
+                };
+                if let Err(re) = s.pl.store.call(move |st| st.record_error(&rec)).await {
+                    tracing::warn!("recording a failed commit: {re}");
+                }
             }
             Err(e)
         }

@@ -212,8 +212,8 @@ impl LogFormat {
 }
 
 /// Whether the task is done: exited, or its container gone.
-fn task_done(pl: &PortLayer, container: &str, task: &str) -> bool {
-    match pl.inspect(container) {
+async fn task_done(pl: &PortLayer, container: &str, task: &str) -> bool {
+    match pl.inspect_off(container).await {
         Ok(c) => match c.tasks.get(task) {
             Some(t) => t.state == "exited" || (t.primary && c.state == PowerState::Exited),
             None => true,
@@ -341,7 +341,7 @@ async fn stream_log(
         } else if let Some(n) = quiet_after_exit.as_mut() {
             *n = 0;
         }
-        if quiet_after_exit.is_none() && task_done(&pl, &container, &task) {
+        if quiet_after_exit.is_none() && task_done(&pl, &container, &task).await {
             quiet_after_exit = Some(0);
         }
     }
@@ -384,13 +384,17 @@ pub async fn logs(
             )
         })?),
     };
-    let c = s.pl.inspect(&id)?;
+    let c = s.pl.inspect_off(&id).await?;
     let task = q.task.unwrap_or_else(|| c.id.clone());
     let element = format!("{}/task/{task}", c.id);
     if !c.tasks.contains_key(&task) {
         return Err(ApiError::new(ErrorCode::NotFound, element, "No such task"));
     }
-    let path = s.pl.log_path(&c.id, Some(&task))?.ok_or_else(|| {
+    let path = {
+        let (id, task) = (c.id.clone(), task.clone());
+        s.pl.off(move |pl| pl.log_path(&id, Some(&task))).await?
+    };
+    let path = path.ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
             element.clone(),

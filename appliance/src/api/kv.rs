@@ -69,7 +69,7 @@ pub async fn list(
     State(s): State<ApiState>,
     QueryArgs(q): QueryArgs<ListQuery>,
 ) -> Result<axum::Json<Vec<Entry>>, ApiError> {
-    let entries = s.pl.store.kv_list(&q.prefix)?;
+    let entries = s.pl.store.call(move |st| st.kv_list(&q.prefix)).await?;
     Ok(axum::Json(
         entries
             .into_iter()
@@ -95,7 +95,11 @@ pub async fn get_key(
     State(s): State<ApiState>,
     PathArgs(key): PathArgs<String>,
 ) -> Result<axum::Json<Entry>, ApiError> {
-    match s.pl.store.kv_get(&key)? {
+    let found = {
+        let key = key.clone();
+        s.pl.store.call(move |st| st.kv_get(&key)).await?
+    };
+    match found {
         Some((value, version)) => Ok(axum::Json(Entry {
             key,
             value,
@@ -124,7 +128,12 @@ pub async fn put_key(
     PathArgs(key): PathArgs<String>,
     JsonBody(r): JsonBody<PutRequest>,
 ) -> Result<axum::Json<Entry>, ApiError> {
-    let version = s.pl.store.kv_put(&key, &r.value, r.expected_version)?;
+    let version = {
+        let (key, value, expected) = (key.clone(), r.value.clone(), r.expected_version);
+        s.pl.store
+            .call(move |st| st.kv_put(&key, &value, expected))
+            .await?
+    };
     Ok(axum::Json(Entry {
         key,
         value: r.value,
@@ -147,7 +156,12 @@ pub async fn delete_key(
     PathArgs(key): PathArgs<String>,
     QueryArgs(q): QueryArgs<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
-    s.pl.store.kv_delete(&key, q.expected_version)?;
+    {
+        let key = key.clone();
+        s.pl.store
+            .call(move |st| st.kv_delete(&key, q.expected_version))
+            .await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -138,8 +138,26 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
 /// Serves `router` on a unix socket at `path` (see `bind_unix`) until an
 /// error.
 pub async fn serve_unix(router: Router, path: &Path) -> io::Result<()> {
+    serve_unix_until(router, path, std::future::pending()).await
+}
+
+/// `serve_unix` until `stop` completes: then no new connection is taken,
+/// idle ones close, and it returns once the requests in flight have been
+/// answered (streams such as `logs -f` keep it waiting: bound it outside).
+/// The socket file is removed on the way out.
+pub async fn serve_unix_until(
+    router: Router,
+    path: &Path,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let listener = bind_unix(path)?;
-    axum::serve(listener, router).await
+    let r = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await;
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!("removing socket {}: {e}", path.display());
+    }
+    r
 }
 
 /// Serves `router` on TCP `addr` (see `bind_tcp` and `serve_tcp_listener`)
@@ -149,11 +167,24 @@ pub async fn serve_tcp(
     addr: SocketAddr,
     tls: Option<TlsSettings>,
 ) -> io::Result<()> {
+    serve_tcp_until(router, addr, tls, std::future::pending()).await
+}
+
+/// `serve_tcp` until `stop` completes (see `serve_unix_until`).
+pub async fn serve_tcp_until(
+    router: Router,
+    addr: SocketAddr,
+    tls: Option<TlsSettings>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     if tls.is_none() {
         plain_tcp_allowed(addr)?;
     }
     let listener = bind_tcp(addr).await?;
-    serve_tcp_listener(router, listener, tls).await
+    tokio::select! {
+        r = serve_tcp_listener(router, listener, tls) => r,
+        () = stop => Ok(()),
+    }
 }
 
 /// Binds a TCP listener on `addr` (port 0 picks a free one).

@@ -110,7 +110,8 @@ pub async fn list_images(
     State(s): State<ApiState>,
     QueryArgs(q): QueryArgs<ImageListQuery>,
 ) -> Result<axum::Json<Vec<Image>>, ApiError> {
-    Ok(axum::Json(storage(&s)?.images(&q.filter)?))
+    let st = storage(&s)?;
+    Ok(axum::Json(blocking(move || st.images(&q.filter)).await?))
 }
 
 /// One image, by id, unique id prefix or reference.
@@ -126,7 +127,8 @@ pub async fn inspect_image(
     State(s): State<ApiState>,
     PathArgs(image): PathArgs<String>,
 ) -> Result<axum::Json<Image>, ApiError> {
-    Ok(axum::Json(storage(&s)?.image(&image)?))
+    let st = storage(&s)?;
+    Ok(axum::Json(blocking(move || st.image(&image)).await?))
 }
 
 /// What `DELETE /storage/images/{image}` removed.
@@ -179,7 +181,10 @@ pub async fn tag(
     State(s): State<ApiState>,
     JsonBody(r): JsonBody<TagRequest>,
 ) -> Result<axum::Json<Image>, ApiError> {
-    Ok(axum::Json(storage(&s)?.tag(&r.image, &r.name)?))
+    let st = storage(&s)?;
+    Ok(axum::Json(
+        blocking(move || st.tag(&r.image, &r.name)).await?,
+    ))
 }
 
 /// The last line of a pull's stream.
@@ -348,7 +353,9 @@ pub async fn add_image_store(
     State(s): State<ApiState>,
     JsonBody(r): JsonBody<StoreRequest>,
 ) -> Result<StatusCode, ApiError> {
-    storage(&s)?.add_store(StoreKind::Image, &r.name, std::path::Path::new(&r.path))?;
+    let st = storage(&s)?;
+    let (name, path) = (r.name.clone(), r.path.clone());
+    blocking(move || st.add_store(StoreKind::Image, &name, std::path::Path::new(&path))).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -378,7 +385,9 @@ pub async fn add_volume_store(
     State(s): State<ApiState>,
     JsonBody(r): JsonBody<StoreRequest>,
 ) -> Result<StatusCode, ApiError> {
-    storage(&s)?.add_store(StoreKind::Volume, &r.name, std::path::Path::new(&r.path))?;
+    let st = storage(&s)?;
+    let (name, path) = (r.name.clone(), r.path.clone());
+    blocking(move || st.add_store(StoreKind::Volume, &name, std::path::Path::new(&path))).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -395,7 +404,8 @@ pub async fn list_volumes(
     State(s): State<ApiState>,
     QueryArgs(q): QueryArgs<VolumeListQuery>,
 ) -> Result<axum::Json<Vec<Volume>>, ApiError> {
-    Ok(axum::Json(storage(&s)?.volumes(&q.filter)?))
+    let st = storage(&s)?;
+    Ok(axum::Json(blocking(move || st.volumes(&q.filter)).await?))
 }
 
 /// Creates a volume: an empty ext4 disk of its own.
@@ -431,7 +441,8 @@ pub async fn inspect_volume(
     State(s): State<ApiState>,
     PathArgs(name): PathArgs<String>,
 ) -> Result<axum::Json<Volume>, ApiError> {
-    Ok(axum::Json(storage(&s)?.volume(&name)?))
+    let st = storage(&s)?;
+    Ok(axum::Json(blocking(move || st.volume(&name)).await?))
 }
 
 /// Removes a volume and its data. Refused while a container uses it
@@ -449,7 +460,8 @@ pub async fn remove_volume(
     State(s): State<ApiState>,
     PathArgs(name): PathArgs<String>,
 ) -> Result<StatusCode, ApiError> {
-    storage(&s)?.remove_volume(&name)?;
+    let st = storage(&s)?;
+    blocking(move || st.remove_volume(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -484,15 +496,14 @@ pub async fn volume_join(
     JsonBody(r): JsonBody<VolumeJoinRequest>,
 ) -> Result<axum::Json<HandleBody>, ApiError> {
     let policies = parse_policies(&r.policies)?;
-    let handle = s.pl.volume_join(
-        &r.handle,
-        VolumeMount {
-            volume: r.volume,
-            path: r.path,
-            read_only: r.read_only,
-        },
-        &policies,
-    )?;
+    let mount = VolumeMount {
+        volume: r.volume,
+        path: r.path,
+        read_only: r.read_only,
+    };
+    let handle =
+        s.pl.off(move |pl| pl.volume_join(&r.handle, mount, &policies))
+            .await?;
     Ok(axum::Json(HandleBody { handle }))
 }
 

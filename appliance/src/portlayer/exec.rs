@@ -154,6 +154,8 @@ pub struct PortLayer {
     /// Operations in progress in this process, woken at once when one is
     /// cancelled here (other replicas' requests arrive through the store).
     cancels: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// This port layer itself, for work handed to the blocking pool.
+    me: std::sync::Weak<PortLayer>,
 }
 
 /// How often an operation in progress looks in the store for a
@@ -262,6 +264,25 @@ enum Action {
     StopTask(String),
 }
 
+/// What the blocking half of a commit leaves to the async half.
+enum Prepared {
+    /// Nothing to do (the same creation committed again).
+    Done(CommitResult),
+    /// A new container, planned, not stored yet: the backend makes it first.
+    Create {
+        c: Container,
+        results: BTreeMap<String, ElementResult>,
+        actions: Vec<Action>,
+    },
+    /// An existing container, stored at `version`.
+    Update {
+        c: Container,
+        version: u64,
+        results: BTreeMap<String, ElementResult>,
+        actions: Vec<Action>,
+    },
+}
+
 impl PortLayer {
     pub fn new(store: Arc<Store>, key: HandleKey, backend: Arc<dyn Backend>) -> Arc<Self> {
         let events = Arc::new(Events::new(store.clone()));
@@ -276,7 +297,7 @@ impl PortLayer {
         key: HandleKey,
         backend: Arc<dyn Backend>,
     ) -> Arc<Self> {
-        let pl = Arc::new(Self {
+        let pl = Arc::new_cyclic(|me| Self {
             store,
             events,
             storage,
@@ -284,11 +305,39 @@ impl PortLayer {
             backend: backend.clone(),
             dropped: AtomicU64::new(0),
             cancels: Default::default(),
+            me: me.clone(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         backend.subscribe(tx);
         tokio::spawn(pl.clone().follow_backend(rx));
         pl
+    }
+
+    /// Runs blocking port-layer work (the store, which fsyncs, and file I/O)
+    /// on the blocking pool, so that a slow disk stalls only the request
+    /// that needs it. The synchronous methods are for such threads; async
+    /// code reaches them through here.
+    pub async fn off<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&PortLayer) -> Result<T, PortError> + Send + 'static,
+    ) -> Result<T, PortError> {
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| PortError::invalid("", "The port layer is shutting down"))?;
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| PortError::invalid("", format!("Port layer work failed: {e}")))?
+    }
+
+    /// `off` for bookkeeping whose failure is already reported inside.
+    async fn off_quiet(&self, f: impl FnOnce(&PortLayer) + Send + 'static) {
+        let _ = self
+            .off(move |pl| {
+                f(pl);
+                Ok(())
+            })
+            .await;
     }
 
     /// How many bookkeeping writes (events, operation ends, state fixes,
@@ -603,12 +652,90 @@ impl PortLayer {
     /// (bad handle, conflict, invalid change); per-element outcomes of the
     /// side effects are in the result.
     pub async fn commit(&self, token: &str) -> Result<CommitResult, PortError> {
+        let token = token.to_string();
+        let (c, version, mut results, actions) = match self
+            .off(move |pl| pl.prepare(&token))
+            .await?
+        {
+            Prepared::Done(result) => return Ok(result),
+            Prepared::Update {
+                c,
+                version,
+                results,
+                actions,
+            } => (c, version, results, actions),
+            Prepared::Create {
+                mut c,
+                mut results,
+                actions,
+            } => {
+                let id = c.id.clone();
+                let created = match self.backend.create(&c).await {
+                    Ok(()) => {
+                        let rec = to_record(&c)?;
+                        self.off(move |pl| Ok(pl.store.insert_container(&rec)?))
+                            .await
+                    }
+                    Err(e) => Err(PortError::invalid(&id, e.to_string())),
+                };
+                let v = match created {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // A taken name, or a half-made creation: free what the
+                        // backend holds for it.
+                        if let Err(re) = self.backend.remove(&id).await {
+                            let re = re.to_string();
+                            self.off_quiet(move |pl| pl.lost(&id, "Freeing a failed creation", re))
+                                .await;
+                        }
+                        return Err(e);
+                    }
+                };
+                c.version = v;
+                results.insert(
+                    id.clone(),
+                    ElementResult {
+                        status: Status::Success,
+                        detail: "Created".into(),
+                    },
+                );
+                let (labels, detail) = (
+                    c.labels.clone(),
+                    json!({ "name": c.name, "image": c.image }),
+                );
+                self.off_quiet(move |pl| pl.emit("exec", "create", &id, &labels, detail))
+                    .await;
+                (c, v, results, actions)
+            }
+        };
+        let id = c.id.clone();
+        for a in actions {
+            self.apply(&id, a, &mut results).await;
+        }
+        for (el, r) in &results {
+            tracing::info!(element = %el, status = ?r.status, "commit: {}", r.detail);
+        }
+        self.off(move |pl| {
+            let c = pl.inspect(&id)?;
+            Ok(CommitResult {
+                version: c.version,
+                handle: pl.seal(&id, c.version.max(version), &[])?,
+                results,
+            })
+        })
+        .await
+    }
+
+    /// The blocking first half of a commit: checks the handle against the
+    /// store, plans every change and, for an existing container, stores the
+    /// result (of racing commits exactly one gets past that write).
+    fn prepare(&self, token: &str) -> Result<Prepared, PortError> {
         let (data, changes) = self.unseal(token)?;
         let id = data.container.clone();
         let mut results = BTreeMap::new();
         let mut actions = Vec::new();
 
-        let (c, base) = if data.base_version == 0 {
+        if data.base_version == 0 {
             let Some(Change::Create { container }) = changes.first() else {
                 return Err(PortError::invalid(
                     &id,
@@ -625,11 +752,11 @@ impl PortLayer {
                             detail: "Already created".into(),
                         },
                     );
-                    return Ok(CommitResult {
+                    return Ok(Prepared::Done(CommitResult {
                         version: rec.version,
                         handle: self.seal(&id, rec.version, &[])?,
                         results,
-                    });
+                    }));
                 }
                 Ok(rec) => {
                     return Err(StoreError::Conflict {
@@ -651,74 +778,36 @@ impl PortLayer {
             for ch in &changes[1..] {
                 self.plan(&mut c, ch, &mut results, &mut actions)?;
             }
-            let rec = to_record(&c)?;
-            let created = match self.backend.create(&c).await {
-                Ok(()) => self.store.insert_container(&rec).map_err(PortError::from),
-                Err(e) => Err(PortError::invalid(&id, e.to_string())),
-            };
-            let v = match created {
-                Ok(v) => v,
-                Err(e) => {
-                    // A taken name, or a half-made creation: free what the
-                    // backend holds for it.
-                    if let Err(re) = self.backend.remove(&id).await {
-                        self.lost(&id, "Freeing a failed creation", re);
-                    }
-                    return Err(e);
-                }
-            };
-            c.version = v;
-            results.insert(
-                id.clone(),
-                ElementResult {
-                    status: Status::Success,
-                    detail: "Created".into(),
-                },
-            );
-            self.emit(
-                "exec",
-                "create",
-                &id,
-                &c.labels,
-                json!({ "name": c.name, "image": c.image }),
-            );
-            (c, v)
-        } else {
-            let rec = self.store.container(&id)?;
-            if rec.version != data.base_version {
-                return Err(StoreError::Conflict {
-                    kind: "container",
-                    id,
-                    base: data.base_version,
-                    current: rec.version,
-                }
-                .into());
-            }
-            let mut c = to_container(&rec)?;
-            for ch in &changes {
-                self.plan(&mut c, ch, &mut results, &mut actions)?;
-            }
-            (c, rec.version)
-        };
-
-        // Store first: of racing commits exactly one gets past this line.
-        let version = if data.base_version == 0 || (actions.is_empty() && changes.is_empty()) {
-            base
-        } else {
-            self.store.update_container(&to_record(&c)?, base)?
-        };
-
-        for a in actions {
-            self.apply(&id, a, &mut results).await;
+            return Ok(Prepared::Create {
+                c,
+                results,
+                actions,
+            });
         }
-        for (el, r) in &results {
-            tracing::info!(element = %el, status = ?r.status, "commit: {}", r.detail);
+        let rec = self.store.container(&id)?;
+        if rec.version != data.base_version {
+            return Err(StoreError::Conflict {
+                kind: "container",
+                id,
+                base: data.base_version,
+                current: rec.version,
+            }
+            .into());
         }
-        let c = self.inspect(&id)?;
-        Ok(CommitResult {
-            version: c.version,
-            handle: self.seal(&id, c.version.max(version), &[])?,
+        let mut c = to_container(&rec)?;
+        for ch in &changes {
+            self.plan(&mut c, ch, &mut results, &mut actions)?;
+        }
+        let version = if actions.is_empty() && changes.is_empty() {
+            rec.version
+        } else {
+            self.store.update_container(&to_record(&c)?, rec.version)?
+        };
+        Ok(Prepared::Update {
+            c,
+            version,
             results,
+            actions,
         })
     }
 
@@ -986,7 +1075,11 @@ impl PortLayer {
     }
 
     async fn apply(&self, id: &str, a: Action, results: &mut BTreeMap<String, ElementResult>) {
-        let c = match self.inspect(id) {
+        let inspected = {
+            let id = id.to_string();
+            self.off(move |pl| pl.inspect(&id)).await
+        };
+        let c = match inspected {
             Ok(c) => c,
             Err(e) => {
                 results.insert(
@@ -1019,31 +1112,20 @@ impl PortLayer {
             }
         };
         let r = self.tracked(kind, &el, work).await;
+        let labels = c.labels.clone();
         match r {
-            Ok(()) => self.emit("exec", kind, &el, &c.labels, json!({})),
+            Ok(()) => {
+                let el = el.clone();
+                self.off_quiet(move |pl| pl.emit("exec", kind, &el, &labels, json!({})))
+                    .await;
+            }
             Err(e) => {
                 let msg = e.to_string();
-                let mut detail = msg.clone();
-                self.record_error("backend", &el, "BACKEND", &msg);
-                self.emit("exec", "error", &el, &c.labels, json!({ "error": msg }));
-                // A container whose start failed is not running.
-                if el == id {
-                    let fixed = self.update(id, |c| {
-                        if c.state == PowerState::Running
-                            && c.started_at > 0
-                            && c.exit_code.is_none()
-                        {
-                            c.state = PowerState::Exited;
-                            c.error = msg.clone();
-                            c.finished_at = now_ms();
-                        }
-                    });
-                    if let Err(e) = fixed {
-                        let what = "Marking the container exited after its backend failed";
-                        detail = format!("{msg} ({what}: {e})");
-                        self.lost(id, what, e);
-                    }
-                }
+                let (id, el2, msg2) = (id.to_string(), el.clone(), msg.clone());
+                let detail = self
+                    .off(move |pl| Ok(pl.record_backend_failure(&id, &el2, &labels, &msg2)))
+                    .await
+                    .unwrap_or_else(|e| format!("{msg} ({e})"));
                 results.insert(
                     el.clone(),
                     ElementResult {
@@ -1051,6 +1133,39 @@ impl PortLayer {
                         detail,
                     },
                 );
+            }
+        }
+    }
+
+    /// Bookkeeping of a failed backend operation: the error, its event, and
+    /// (for the container itself) a start that failed is not running.
+    /// Returns the detail for the commit result.
+    fn record_backend_failure(
+        &self,
+        id: &str,
+        el: &str,
+        labels: &BTreeMap<String, String>,
+        msg: &str,
+    ) -> String {
+        self.record_error("backend", el, "BACKEND", msg);
+        self.emit("exec", "error", el, labels, json!({ "error": msg }));
+        if el != id {
+            return msg.to_string();
+        }
+        let fixed = self.update(id, |c| {
+            if c.state == PowerState::Running && c.started_at > 0 && c.exit_code.is_none() {
+                c.state = PowerState::Exited;
+                c.error = msg.to_string();
+                c.finished_at = now_ms();
+            }
+        });
+        match fixed {
+            Ok(_) => msg.to_string(),
+            Err(e) => {
+                let what = "Marking the container exited after its backend failed";
+                let detail = format!("{msg} ({what}: {e})");
+                self.lost(id, what, e);
+                detail
             }
         }
     }
@@ -1075,12 +1190,15 @@ impl PortLayer {
             detail: String::new(),
             cancel_requested: false,
         };
-        if let Err(e) = self.store.op_start(&op) {
-            self.lost(
-                element,
-                &format!("Recording operation {} ({kind})", op.id),
-                e,
-            );
+        {
+            let (op, element) = (op.clone(), element.to_string());
+            self.off_quiet(move |pl| {
+                if let Err(e) = pl.store.op_start(&op) {
+                    let what = format!("Recording operation {} ({})", op.id, op.kind);
+                    pl.lost(&element, &what, e);
+                }
+            })
+            .await;
         }
         let here = Arc::new(tokio::sync::Notify::new());
         self.cancel_slots().insert(op.id.clone(), here.clone());
@@ -1119,12 +1237,15 @@ impl PortLayer {
         };
         self.cancel_slots().remove(&op.id);
         let detail = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
-        if let Err(e) = self.store.op_finish(&op.id, state, &detail) {
-            self.lost(
-                element,
-                &format!("Finishing operation {} ({kind}) as {state}", op.id),
-                e,
-            );
+        {
+            let (id, kind, element) = (op.id.clone(), op.kind.clone(), element.to_string());
+            self.off_quiet(move |pl| {
+                if let Err(e) = pl.store.op_finish(&id, state, &detail) {
+                    let what = format!("Finishing operation {id} ({kind}) as {state}");
+                    pl.lost(&element, &what, e);
+                }
+            })
+            .await;
         }
         r
     }
@@ -1200,6 +1321,15 @@ impl PortLayer {
 
     async fn follow_backend(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<BackendEvent>) {
         while let Some(ev) = rx.recv().await {
+            // In order, one at a time: a task's exit is stored before the
+            // container's.
+            self.off_quiet(move |pl| pl.record_backend_event(ev)).await;
+        }
+    }
+
+    /// Stores what the backend reported (blocking).
+    fn record_backend_event(&self, ev: BackendEvent) {
+        {
             let r = match &ev {
                 BackendEvent::TaskExited {
                     container,
@@ -1271,7 +1401,7 @@ impl PortLayer {
                 if let PortError::Store(StoreError::NotFound { .. }) = e {
                     // Removed meanwhile: nothing left to record it on.
                     tracing::debug!("backend event {ev:?} for a removed container");
-                    continue;
+                    return;
                 }
                 let element = match &ev {
                     BackendEvent::TaskExited {
@@ -1289,10 +1419,10 @@ impl PortLayer {
     /// returns its exit code.
     pub async fn wait(&self, id: &str, task: Option<&str>) -> Result<Option<i32>, PortError> {
         let mut rx = self.events.subscribe();
-        let c = self.inspect(id)?;
+        let c = self.inspect_off(id).await?;
         let task = task.unwrap_or(&c.id).to_string();
         loop {
-            let c = self.inspect(&c.id)?;
+            let c = self.inspect_off(&c.id).await?;
             let t = c
                 .tasks
                 .get(&task)
@@ -1314,7 +1444,7 @@ impl PortLayer {
     /// Removes a container. A running one is refused unless `force`, which
     /// kills it first.
     pub async fn remove(&self, id: &str, force: bool) -> Result<(), PortError> {
-        let mut c = self.inspect(id)?;
+        let mut c = self.inspect_off(id).await?;
         // A container whose primary task has exited is powering off: its
         // VM is flushing and unmounting its disks. Killing it now could
         // lose what was just written to a volume, so give it time.
@@ -1324,7 +1454,7 @@ impl PortLayer {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             while c.state == PowerState::Running && tokio::time::Instant::now() < deadline {
                 let _ = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
-                c = self.inspect(&c.id)?;
+                c = self.inspect_off(&c.id).await?;
             }
         }
         if matches!(c.state, PowerState::Running | PowerState::Paused) {
@@ -1344,10 +1474,24 @@ impl PortLayer {
             .remove(&c.id)
             .await
             .map_err(|e| PortError::invalid(&c.id, e.to_string()))?;
-        self.store.delete_container(&c.id, None)?;
-        self.events
-            .emit("exec", "remove", &c.id, &c.labels, json!({}))?;
-        Ok(())
+        self.off(move |pl| {
+            pl.store.delete_container(&c.id, None)?;
+            pl.events
+                .emit("exec", "remove", &c.id, &c.labels, json!({}))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// `inspect` from async code.
+    pub async fn inspect_off(&self, id: &str) -> Result<Container, PortError> {
+        let id = id.to_string();
+        self.off(move |pl| pl.inspect(&id)).await
+    }
+
+    async fn archive_target_off(&self, id: &str, path: &str) -> Result<Container, PortError> {
+        let (id, path) = (id.to_string(), path.to_string());
+        self.off(move |pl| pl.archive_target(&id, &path)).await
     }
 
     /// Checks an archive path and the container's state for a copy.
@@ -1374,7 +1518,7 @@ impl PortLayer {
         id: &str,
         path: &str,
     ) -> Result<crate::backend::ArchiveRead, PortError> {
-        let c = self.archive_target(id, path)?;
+        let c = self.archive_target_off(id, path).await?;
         let mut out = None;
         let work = async {
             out = Some(self.backend.archive_get(&c, path).await?);
@@ -1393,7 +1537,7 @@ impl PortLayer {
         path: &str,
         tar: mpsc::Receiver<bytes::Bytes>,
     ) -> Result<crate::backend::ArchiveSummary, PortError> {
-        let c = self.archive_target(id, path)?;
+        let c = self.archive_target_off(id, path).await?;
         let mut out = None;
         let work = async {
             out = Some(self.backend.archive_put(&c, path, tar).await?);
@@ -1403,13 +1547,9 @@ impl PortLayer {
             .await
             .map_err(|e| copy_error(&c.id, path, e))?;
         let summary = out.ok_or_else(|| PortError::invalid(&c.id, "The copy was cancelled"))?;
-        self.emit(
-            "storage",
-            "archive-put",
-            &c.id,
-            &c.labels,
-            json!({ "path": path, "entries": summary.entries }),
-        );
+        let detail = json!({ "path": path, "entries": summary.entries });
+        self.off_quiet(move |pl| pl.emit("storage", "archive-put", &c.id, &c.labels, detail))
+            .await;
         Ok(summary)
     }
 
@@ -1420,7 +1560,7 @@ impl PortLayer {
         task: Option<&str>,
         stdin: bool,
     ) -> Result<crate::backend::AttachStream, PortError> {
-        let c = self.inspect(id)?;
+        let c = self.inspect_off(id).await?;
         let task = task.unwrap_or(&c.id).to_string();
         self.backend
             .attach(&c.id, &task, stdin)
@@ -1442,7 +1582,7 @@ impl PortLayer {
 
     /// Signals a task (the primary by default).
     pub async fn signal(&self, id: &str, task: Option<&str>, signal: i32) -> Result<(), PortError> {
-        let c = self.inspect(id)?;
+        let c = self.inspect_off(id).await?;
         let task = task.unwrap_or(&c.id).to_string();
         self.backend
             .signal(&c.id, &task, signal)

@@ -427,7 +427,7 @@ impl Storage {
 
     /// Pulls an image from its registry into a store.
     pub async fn pull(
-        &self,
+        self: &Arc<Self>,
         spec: &PullSpec,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<Image, StorageError> {
@@ -436,8 +436,18 @@ impl Storage {
                 reference: spec.reference.clone(),
                 source: Box::new(source),
             })?;
-        let dir = self.store_dir(StoreKind::Image, &spec.store)?;
-        let blobs = self.blobs(&dir)?;
+        let (dir, blobs) = {
+            let (me, name) = (self.clone(), spec.store.clone());
+            tokio::task::spawn_blocking(move || {
+                let dir = me.store_dir(StoreKind::Image, &name)?;
+                let blobs = me.blobs(&dir)?;
+                Ok::<_, StorageError>((dir, blobs))
+            })
+            .await
+            .map_err(|e| {
+                StorageError::invalid(&spec.reference, format!("Pull task failed: {e}"))
+            })??
+        };
         let host = reference.split('/').next().unwrap_or_default().to_string();
         let opts = oci::PullOptions {
             insecure_registries: if spec.insecure { vec![host] } else { vec![] },

@@ -20,9 +20,10 @@ mod events;
 mod kv;
 mod migrate;
 mod storage;
+mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
@@ -32,6 +33,7 @@ pub use diagnostics::{ErrorQuery, ErrorRecord, OpState, Operation};
 pub use events::EventRecord;
 pub use migrate::SCHEMA_VERSION;
 pub use storage::{ImageRecord, StoreDir, StoreKind, VolumeRecord};
+pub use worker::mark_async_worker;
 
 /// The database's file name inside the state directory.
 pub const DB_FILE: &str = "state.db";
@@ -82,6 +84,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Starting the state database's thread")]
+    Thread(#[source] std::io::Error),
+    #[error("The state database's thread stopped before answering")]
+    WorkerGone,
     #[error("State database")]
     Sqlite(#[from] rusqlite::Error),
     #[error("Stored JSON")]
@@ -105,8 +111,14 @@ fn current_text(current: u64) -> String {
 }
 
 /// The state database. `Send + Sync`; open one per process and share it.
+///
+/// Its methods block (SQLite, and an fsync per write transaction): call them
+/// from threads that may block. Async code goes through [`Store::call`],
+/// which runs the work on the store's own thread; in debug builds a call
+/// from an async worker thread panics, naming where it came from.
 pub struct Store {
     conn: Mutex<Connection>,
+    worker: worker::Worker,
 }
 
 impl std::fmt::Debug for Store {
@@ -149,10 +161,31 @@ impl Store {
         migrate::migrate(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            worker: worker::Worker::start()?,
         })
     }
 
+    /// Runs `f` with the store on the store's thread, off the async
+    /// runtime. Calls run one at a time, in the order they were made; the
+    /// work still happens if the caller stops waiting.
+    pub async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        self.worker.run(move || f(&store)).await
+    }
+
+    /// Queues `f` on the store's thread without waiting for it: later calls
+    /// (through [`Store::call`] or `submit`) see its effect.
+    pub fn submit(self: &Arc<Self>, f: impl FnOnce(&Store) + Send + 'static) {
+        let store = Arc::clone(self);
+        self.worker.submit(move || f(&store));
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
+        worker::check_not_async();
         // A panic while holding the lock dropped (and so rolled back) any
         // open transaction: the connection is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())

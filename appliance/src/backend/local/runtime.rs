@@ -182,25 +182,30 @@ impl LocalBackend {
     }
 
     /// The disks a container VM gets: its image's base and its volumes.
-    fn disks_of(&self, c: &Container) -> Result<(PathBuf, Vec<VolumeDisk>), BackendError> {
-        let base = self
-            .disks
-            .image_disk(&c.image_id)
-            .map_err(|e| BackendError::failed(&c.id, e))?;
-        let mut volumes = Vec::new();
-        for m in &c.mounts {
-            let (path, serial) = self
-                .disks
-                .volume_disk(&m.volume)
+    /// Looked up in the store, so on the blocking pool.
+    async fn disks_of(&self, c: &Container) -> Result<(PathBuf, Vec<VolumeDisk>), BackendError> {
+        let (disks, c) = (self.disks.clone(), c.clone());
+        let id = c.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let base = disks
+                .image_disk(&c.image_id)
                 .map_err(|e| BackendError::failed(&c.id, e))?;
-            volumes.push(VolumeDisk {
-                path,
-                serial,
-                target: m.path.clone(),
-                read_only: m.read_only,
-            });
-        }
-        Ok((base, volumes))
+            let mut volumes = Vec::new();
+            for m in &c.mounts {
+                let (path, serial) = disks
+                    .volume_disk(&m.volume)
+                    .map_err(|e| BackendError::failed(&c.id, e))?;
+                volumes.push(VolumeDisk {
+                    path,
+                    serial,
+                    target: m.path.clone(),
+                    read_only: m.read_only,
+                });
+            }
+            Ok((base, volumes))
+        })
+        .await
+        .map_err(|e| BackendError::failed(&id, e))?
     }
 
     /// The tether of a running container, or of its disks booted in
@@ -233,7 +238,7 @@ impl LocalBackend {
     }
 
     async fn boot_maintenance(&self, c: &Container) -> Result<Maintenance, BackendError> {
-        let (base, volumes) = self.disks_of(c)?;
+        let (base, volumes) = self.disks_of(c).await?;
         let dir = self.dir(&c.id);
         // Its own sockets and console, beside the container's.
         let work = dir.join("copy");
@@ -521,14 +526,13 @@ impl Maintenance {
 #[async_trait::async_trait]
 impl Backend for LocalBackend {
     async fn create(&self, c: &Container) -> Result<(), BackendError> {
-        let base = self
-            .disks
-            .image_disk(&c.image_id)
-            .map_err(|e| BackendError::failed(&c.id, e))?;
         let dir = self.dir(&c.id);
-        // qemu-img runs as a subprocess: off the async runtime.
-        let id = c.id.clone();
+        // The store and qemu-img (a subprocess): off the async runtime.
+        let (id, image, disks) = (c.id.clone(), c.image_id.clone(), self.disks.clone());
         tokio::task::spawn_blocking(move || {
+            let base = disks
+                .image_disk(&image)
+                .map_err(|e| BackendError::failed(&id, e))?;
             std::fs::create_dir_all(dir.join("logs")).map_err(|e| BackendError::failed(&id, e))?;
             crate::storage::disk::overlay(&base, &dir.join("root.qcow2"))
                 .map_err(|e| BackendError::failed(&id, e))
@@ -549,7 +553,7 @@ impl Backend for LocalBackend {
                 "A copy is using the container's disks; start it when the copy ends",
             ));
         }
-        let (base, volumes) = self.disks_of(c)?;
+        let (base, volumes) = self.disks_of(c).await?;
         let primary = c
             .tasks
             .get(&c.id)
