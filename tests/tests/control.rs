@@ -99,3 +99,72 @@ fn kill_stop_and_rm_f_answer_within_a_bound_when_the_tether_is_wedged() {
         "the removed container's QEMU is still running"
     );
 }
+
+/// A stopping server answers what is in flight, cuts open streams after
+/// its grace, and exits; the container VMs keep running and the next server
+/// takes them back.
+#[test]
+fn sigterm_stops_the_server_within_a_bound_with_streams_open_and_vms_survive() {
+    let (d, mut s) = new_server();
+    let o = s.cli(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.2; done",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let qemu_pid: i32 =
+        std::fs::read_to_string(s.state.join("containers").join(&id[..12]).join("qemu.pid"))
+            .expect("qemu.pid")
+            .trim()
+            .parse()
+            .expect("pid");
+
+    // Streams that never end on their own.
+    let spawn = |args: &[&str]| {
+        std::process::Command::new(tests::server::appliance_bin())
+            .arg("--state")
+            .arg(d.path())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn client")
+    };
+    let mut clients = [spawn(&["logs", "-f", "ticker"]), spawn(&["events"])];
+    std::thread::sleep(Duration::from_secs(1));
+
+    let status = s
+        .terminate(Duration::from_secs(30))
+        .expect("serve did not exit within 30 s of SIGTERM");
+    assert!(status.success(), "serve exited with {status}");
+    assert!(
+        !d.path().join("appliance.sock").exists(),
+        "the socket was left behind"
+    );
+    let log = std::fs::read_to_string(d.path().join("serve.log")).unwrap_or_default();
+    assert!(log.contains("SIGTERM: shutting down"), "{log}");
+    // The VM outlived the server.
+    assert!(
+        std::path::Path::new(&format!("/proc/{qemu_pid}")).exists(),
+        "the container VM died with the server"
+    );
+    for c in &mut clients {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    let s = Server::start(d.path());
+    let o = s.cli(&["exec", "ticker", "--", "echo", "still here"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "still here");
+    assert_eq!(state(&s, "ticker"), "running");
+    let o = s.cli(&["rm", "-f", "ticker"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -147,6 +147,7 @@ pub fn main() -> std::process::ExitCode {
     init_logging(&state, matches!(cli.command, Command::Serve(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_unpark(appliance::store::mark_async_worker)
         .build()
     {
         Ok(rt) => rt,
@@ -156,6 +157,9 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     let result = rt.block_on(dispatch(state, cli.command));
+    // Work still running on the blocking pool (a store write, a copy) gets
+    // a bounded time; the runtime does not wait for it forever.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => match e.downcast_ref::<Exit>() {

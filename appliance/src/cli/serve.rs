@@ -121,16 +121,65 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
 
     let router = appliance::api::router_with_log(pl, Some(log_path(state)));
     let socket = args.socket.unwrap_or_else(|| socket_path(state));
-    eprintln!("appliance: serving on {}", socket.display());
-    let unix = appliance::api::serve_unix(router.clone(), &socket);
-    match args.tcp {
-        Some(addr) => {
-            let tcp = appliance::api::serve_tcp(router, addr, tls);
-            tokio::try_join!(unix, tcp)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
         }
-        None => unix.await?,
+    };
+    let unix = appliance::api::serve_unix_until(router.clone(), &socket, stop());
+    let servers = async {
+        match args.tcp {
+            Some(addr) => {
+                let tcp = appliance::api::serve_tcp_until(router, addr, tls, stop());
+                tokio::try_join!(unix, tcp).map(|_| ())
+            }
+            None => unix.await,
+        }
+    };
+    tokio::pin!(servers);
+    let signal = shutdown_signal()?;
+    eprintln!("appliance: serving on {}", socket.display());
+    tokio::select! {
+        r = &mut servers => r?,
+        name = signal => {
+            tracing::info!("{name}: shutting down");
+            eprintln!(
+                "appliance: {name}: shutting down (container VMs keep running and are taken back at the next start)"
+            );
+            let _ = stop_tx.send(true);
+            // Requests in flight get a bounded time to be answered; open
+            // streams (logs -f, events, attach) are cut after it, and their
+            // clients reconnect to the next server.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    tracing::info!("streams still open after {SHUTDOWN_GRACE:?}; closing them");
+                    if let Err(e) = std::fs::remove_file(&socket) {
+                        tracing::warn!("removing socket {}: {e}", socket.display());
+                    }
+                }
+            }
+        }
     }
     Ok(0)
+}
+
+/// How long a stopping server waits for the requests in flight.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Completes with the signal's name on SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("Handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("Handling SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
 }
 
 /// The --tcp listener's TLS settings, loaded; `None` for plain HTTP, which
