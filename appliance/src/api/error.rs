@@ -202,7 +202,9 @@ fn storage_parts(e: &StorageError) -> (ErrorCode, String, Option<u64>) {
         StorageError::Store(s) => store_parts(s),
         StorageError::Invalid { .. } => (ErrorCode::InvalidArgument, e.element(), None),
         StorageError::Filter(_) => (ErrorCode::InvalidArgument, "filter".into(), None),
-        StorageError::NoSpace { .. } => (ErrorCode::NoSpace, e.element(), None),
+        StorageError::NoSpace { .. } | StorageError::TooBig { .. } => {
+            (ErrorCode::NoSpace, e.element(), None)
+        }
         StorageError::Fetch { source, .. }
             if matches!(
                 **source,

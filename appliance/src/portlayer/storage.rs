@@ -69,6 +69,14 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "Volume store {store} has {free_mib} MiB free: a volume of {asked_mib} MiB does not fit; ask for less or use another store"
+    )]
+    TooBig {
+        store: String,
+        asked_mib: u64,
+        free_mib: u64,
+    },
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -100,7 +108,9 @@ impl StorageError {
             StorageError::Invalid { element, .. } => element.clone(),
             StorageError::Fetch { reference, .. } => reference.clone(),
             StorageError::Build { image, .. } => image.clone(),
-            StorageError::NoSpace { store, .. } => store.clone(),
+            StorageError::NoSpace { store, .. } | StorageError::TooBig { store, .. } => {
+                store.clone()
+            }
             _ => String::new(),
         }
     }
@@ -746,6 +756,16 @@ impl Storage {
             .into());
         }
         let dir = self.store_dir(StoreKind::Volume, &spec.store)?;
+        // Volume disks are sparse, so a volume takes real space as it fills;
+        // it may still not promise more than the store has.
+        let free_mib = free_bytes(&dir.path) >> 20;
+        if size_mib > free_mib {
+            return Err(StorageError::TooBig {
+                store: dir.name.clone(),
+                asked_mib: size_mib,
+                free_mib,
+            });
+        }
         let id = random_hex(16);
         let file = format!("{id}.ext4");
         let path = dir.path.join(&file);
@@ -1007,5 +1027,70 @@ mod tests {
         storage.sweep_all_blobs();
         assert!(blobs.has(&manifest) && blobs.has(&config) && blobs.has(&layer));
         assert!(!blobs.has(&orphan));
+    }
+
+    fn storage_in(dir: &Path) -> Arc<Storage> {
+        let store = Arc::new(Store::open_in_memory().expect("store"));
+        let events = Arc::new(Events::new(store.clone()));
+        Storage::open(store, events, dir).expect("storage")
+    }
+
+    fn volume_spec(name: &str, size_mib: u64) -> VolumeSpec {
+        VolumeSpec {
+            name: name.into(),
+            size_mib,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_big_volume_takes_only_the_disk_its_metadata_needs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = storage_in(dir.path());
+        let free_mib = free_bytes(dir.path()) >> 20;
+        // As big as the disk allows, up to 1 TiB.
+        let size = (free_mib / 2).min(1 << 20);
+        assert!(size >= 4096, "only {free_mib} MiB free here");
+        let v = storage
+            .create_volume(&volume_spec("big", size))
+            .expect("volume");
+        let (path, _) = storage.volume_disk(&v.name).expect("disk");
+        let meta = std::fs::metadata(&path).expect("disk file");
+        assert_eq!(meta.len(), size << 20);
+        let used_mib = (std::os::unix::fs::MetadataExt::blocks(&meta) * 512) >> 20;
+        // The journal (16 MiB) and the block group descriptors, not the
+        // inode tables of the whole size.
+        assert!(used_mib <= 64, "a {size} MiB volume uses {used_mib} MiB");
+    }
+
+    #[test]
+    fn a_volume_bigger_than_the_free_space_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = storage_in(dir.path());
+        let free_mib = free_bytes(dir.path()) >> 20;
+        let asked = free_mib + 1024;
+        assert!(
+            asked <= MAX_VOLUME_MIB,
+            "{free_mib} MiB free: more than a volume may be"
+        );
+        let e = storage
+            .create_volume(&volume_spec("huge", asked))
+            .expect_err("refused");
+        assert!(matches!(e, StorageError::TooBig { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("Volume store default has") && msg.contains("does not fit"),
+            "{msg}"
+        );
+        assert!(storage.volume("huge").is_err());
+        let sdir = storage
+            .store_dir(StoreKind::Volume, DEFAULT_STORE)
+            .expect("dir");
+        let left: Vec<_> = std::fs::read_dir(&sdir.path)
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 }
