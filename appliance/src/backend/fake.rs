@@ -96,6 +96,18 @@ impl FakeBackend {
         }
     }
 
+    /// Makes the container's VM die, as if QEMU crashed.
+    pub fn crash(&self, id: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.emit(BackendEvent::Crashed {
+            container: id.into(),
+            error: "injected crash".into(),
+        });
+    }
+
     pub fn is_running(&self, id: &str) -> bool {
         self.running
             .lock()

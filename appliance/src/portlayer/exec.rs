@@ -156,6 +156,9 @@ pub struct PortLayer {
     cancels: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// This port layer itself, for work handed to the blocking pool.
     me: std::sync::Weak<PortLayer>,
+    /// Creations being committed in this process, by container id: copies
+    /// of one creation handle committed at once wait for the first.
+    creating: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// How often an operation in progress looks in the store for a
@@ -189,6 +192,13 @@ fn to_record(c: &Container) -> Result<ContainerRecord, PortError> {
         updated_at: now_ms(),
         uses: c.uses(),
     })
+}
+
+/// What identifies a creation handle: the digest of its changes.
+fn changes_digest(changes: &[Change]) -> Result<String, PortError> {
+    use sha2::Digest;
+    let json = serde_json::to_vec(changes).map_err(StoreError::from)?;
+    Ok(format!("sha256:{:x}", sha2::Sha256::digest(json)))
 }
 
 fn task_element(c: &str, t: &str) -> String {
@@ -306,6 +316,7 @@ impl PortLayer {
             dropped: AtomicU64::new(0),
             cancels: Default::default(),
             me: me.clone(),
+            creating: Default::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         backend.subscribe(tx);
@@ -652,7 +663,39 @@ impl PortLayer {
     /// (bad handle, conflict, invalid change); per-element outcomes of the
     /// side effects are in the result.
     pub async fn commit(&self, token: &str) -> Result<CommitResult, PortError> {
+        let (data, _) = self.unseal(token)?;
+        if data.base_version != 0 {
+            return self.commit_unlocked(token).await;
+        }
+        // A creation: copies of the handle committed at once (a client's
+        // retry racing its first try) queue here, and each later one finds
+        // the container made and answers NOOP.
+        let slot = self
+            .creation_slots()
+            .entry(data.container.clone())
+            .or_default()
+            .clone();
+        let r = {
+            let _turn = slot.lock().await;
+            self.commit_unlocked(token).await
+        };
+        let mut slots = self.creation_slots();
+        // Only ours and the map's: nobody else waits on it.
+        if Arc::strong_count(&slot) == 2 {
+            slots.remove(&data.container);
+        }
+        r
+    }
+
+    fn creation_slots(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.creating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn commit_unlocked(&self, token: &str) -> Result<CommitResult, PortError> {
         let token = token.to_string();
+        let again = token.clone();
         let (c, version, mut results, actions) = match self
             .off(move |pl| pl.prepare(&token))
             .await?
@@ -680,6 +723,18 @@ impl PortLayer {
                 };
                 let v = match created {
                     Ok(v) => v,
+                    Err(PortError::Store(StoreError::AlreadyExists { .. })) => {
+                        // Another appliance sharing the store committed the
+                        // same creation first: its files are the ones in
+                        // use, so nothing is freed. Answered as a repeat.
+                        return match self.off(move |pl| pl.prepare(&again)).await? {
+                            Prepared::Done(result) => Ok(result),
+                            _ => Err(PortError::invalid(
+                                &id,
+                                "The container was created meanwhile by another handle",
+                            )),
+                        };
+                    }
                     Err(e) => {
                         // A taken name, or a half-made creation: free what the
                         // backend holds for it.
@@ -742,16 +797,29 @@ impl PortLayer {
                     "A handle at version 0 must start with a creation",
                 ));
             };
+            let digest = changes_digest(&changes)?;
             match self.store.container(&id) {
-                Ok(rec) if rec.version == 1 && changes.len() == 1 => {
-                    // The same creation committed twice.
+                Ok(rec) if to_container(&rec)?.created_by == digest => {
+                    // The same creation handle committed again: every
+                    // element it names is as it made them.
                     results.insert(
                         id.clone(),
                         ElementResult {
                             status: Status::Noop,
-                            detail: "Already created".into(),
+                            detail: "Already created by this handle".into(),
                         },
                     );
+                    for ch in &changes[1..] {
+                        if let Change::TaskJoin { task } = ch {
+                            results.insert(
+                                task_element(&id, &task.id),
+                                ElementResult {
+                                    status: Status::Noop,
+                                    detail: "Already committed by this handle".into(),
+                                },
+                            );
+                        }
+                    }
                     return Ok(Prepared::Done(CommitResult {
                         version: rec.version,
                         handle: self.seal(&id, rec.version, &[])?,
@@ -772,6 +840,7 @@ impl PortLayer {
             }
             let mut c = (**container).clone();
             c.version = 1;
+            c.created_by = digest;
             // The rest of the handle is planned before anything exists, so
             // a refused change (a placement policy, say) creates nothing.
             // The container is stored once, with all the changes.
@@ -1383,6 +1452,15 @@ impl PortLayer {
                         c.state = PowerState::Exited;
                         c.error.clone_from(error);
                         c.finished_at = now_ms();
+                        // Its tasks died with it, with no exit code.
+                        for t in c.tasks.values_mut() {
+                            if t.state == "running" {
+                                t.state = "exited".into();
+                                if !t.primary {
+                                    t.bound = false;
+                                }
+                            }
+                        }
                     })
                     .and_then(|c| {
                         self.record_error("vm-crash", container, "VM_CRASH", error);
@@ -1427,7 +1505,11 @@ impl PortLayer {
                 .tasks
                 .get(&task)
                 .ok_or_else(|| PortError::invalid(&task_element(&c.id, &task), "No such task"))?;
-            if t.state == "exited" || (t.primary && c.state == PowerState::Exited) {
+            // Every task of an exited container is over, whatever it said
+            // last (a VM that died took its tasks with it).
+            if t.state == "exited"
+                || (c.state == PowerState::Exited && (t.primary || t.state != "created"))
+            {
                 return Ok(t.exit_code.or(c.exit_code));
             }
             if t.state == "created" && !(t.primary && c.state == PowerState::Running) {
@@ -1690,6 +1772,84 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copies_of_one_creation_handle_committed_at_once_all_succeed_or_noop() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(store.clone(), fake.clone());
+        let (id, h0) = pl.create(spec("once")).unwrap();
+        let h = pl.change_state(&h0, TargetState::Running).unwrap();
+        let commits = (0..20).map(|_| {
+            let (pl, h) = (pl.clone(), h.clone());
+            tokio::spawn(async move { pl.commit(&h).await })
+        });
+        let mut statuses = Vec::new();
+        for c in commits {
+            let r = c
+                .await
+                .unwrap()
+                .expect("every copy is answered with a result");
+            statuses.push(r.results[&id].status);
+        }
+        let wins = statuses.iter().filter(|s| **s == Status::Success).count();
+        let noops = statuses.iter().filter(|s| **s == Status::Noop).count();
+        assert_eq!((wins, noops), (1, 19), "{statuses:?}");
+        let calls = fake.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("create")).count(),
+            1,
+            "{calls:?}"
+        );
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("start")).count(),
+            1,
+            "{calls:?}"
+        );
+        assert!(fake.is_running(&id));
+        // Another creation handle of the same container (without the
+        // start) is not a copy: a conflict.
+        let e = pl.commit(&h0).await.unwrap_err();
+        assert!(
+            matches!(e, PortError::Store(StoreError::Conflict { .. })),
+            "{e}"
+        );
+        assert!(
+            pl.creation_slots().is_empty(),
+            "the creation slots were not freed"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_on_an_exec_ends_when_the_vm_dies_under_it() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(store, fake.clone());
+        let id = running(&pl, "dies").await;
+        let h = pl.get_handle(&id).unwrap();
+        let task = Task {
+            id: "t1".into(),
+            args: vec!["sleep".into(), "1000".into()],
+            ..Default::default()
+        };
+        let h = pl.task_join(&h, task).unwrap();
+        let h = pl.task_bind(&h, "t1").unwrap();
+        pl.commit(&h).await.unwrap();
+        let waiter = {
+            let (pl, id) = (pl.clone(), id.clone());
+            tokio::spawn(async move { pl.wait(&id, Some("t1")).await })
+        };
+        fake.crash(&id);
+        let code = tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("wait did not end when the VM died")
+            .unwrap()
+            .unwrap();
+        assert_eq!(code, None);
+        let c = pl.inspect(&id).unwrap();
+        assert_eq!(c.tasks["t1"].state, "exited");
+        assert_eq!(c.state, PowerState::Exited);
     }
 
     #[tokio::test]

@@ -117,6 +117,10 @@ pub struct Container {
     pub finished_at: i64,
     /// Change version (for optimistic concurrency), from the store.
     pub version: u64,
+    /// Digest of the changes of the handle that created it: the same
+    /// creation handle committed again is recognised by it, and answered
+    /// NOOP.
+    pub created_by: String,
 }
 
 impl Container {
