@@ -168,3 +168,64 @@ fn sigterm_stops_the_server_within_a_bound_with_streams_open_and_vms_survive() {
     let o = s.cli(&["rm", "-f", "ticker"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// An exec client whose VM dies under it ends, saying so, and the task is
+/// no longer running.
+#[test]
+fn an_exec_client_ends_when_the_vm_dies_under_it() {
+    let (d, s) = new_server();
+    let id = started(&s, "victim");
+    let mut exec = std::process::Command::new(tests::server::appliance_bin())
+        .arg("--state")
+        .arg(d.path())
+        .args(["exec", "victim", "--", "sleep", "1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn exec");
+    // The exec's task is running in the guest.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = s.http("GET", "/exec/containers/victim", None);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let running = v["tasks"].as_object().is_some_and(|t| {
+            t.values()
+                .any(|t| !t["primary"].as_bool().unwrap_or(true) && t["state"] == "running")
+        });
+        if running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the exec never ran: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = std::fs::read_to_string(s.state.join("containers").join(&id[..12]).join("qemu.pid"))
+        .expect("qemu.pid");
+    let _ = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = exec.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = exec.kill();
+            panic!("the exec client still runs 60 s after its VM died");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = exec.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "exec exited 0 after its VM died");
+    assert!(err.contains("VM died"), "{err}");
+    let (_, body) = s.http("GET", "/exec/containers/victim", None);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["state"], "exited", "{body}");
+    assert!(
+        v["tasks"]
+            .as_object()
+            .is_some_and(|t| t.values().all(|t| t["state"] == "exited")),
+        "{body}"
+    );
+}

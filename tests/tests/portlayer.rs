@@ -439,3 +439,49 @@ fn the_appliance_log_is_queryable() {
     assert_eq!(code, 200, "{text}");
     assert!(text.contains("commit") && text.contains(&id), "{text}");
 }
+
+/// A refused creation leaves no directory, and what a cut-short one left is
+/// swept at the next start (never the directory of a container).
+#[test]
+fn failed_creations_leave_no_directories_and_orphans_are_swept_at_start() {
+    let (d, mut s) = new_server();
+    let o = s.cli(&["create", "--name", "only", "busybox", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    for _ in 0..3 {
+        let o = s.cli(&["create", "--name", "only", "busybox", "true"]);
+        assert!(!o.status.success(), "a duplicate name was accepted");
+    }
+    let containers = d.path().join("containers");
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&containers)
+            .expect("containers dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), vec![id[..12].to_string()]);
+
+    // What an appliance killed half-way through a creation leaves.
+    let orphan = containers.join("0123456789ab");
+    std::fs::create_dir_all(orphan.join("logs")).expect("orphan");
+    std::fs::write(orphan.join("root.qcow2"), b"half made").expect("orphan disk");
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::open(&orphan)
+        .expect("open")
+        .set_modified(old)
+        .expect("mtime");
+    s.kill9();
+    let _s = Server::start(d.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while orphan.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphaned directory was not swept"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(names(), vec![id[..12].to_string()]);
+}

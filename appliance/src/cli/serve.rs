@@ -105,9 +105,21 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
         Err(e) => tracing::warn!("ending the operations of a stopped appliance: {e}"),
     }
 
+    let all = pl.list_all()?;
+    // Directories of creations that failed half-way (or were cut short by
+    // a kill) belong to no container: swept, off the runtime.
+    {
+        let known: std::collections::HashSet<String> = all.iter().map(|c| c.id.clone()).collect();
+        let backend = backend.clone();
+        tokio::task::spawn_blocking(move || {
+            for dir in backend.sweep_orphans(&known) {
+                tracing::info!("removed {}, which no container owns", dir.display());
+            }
+        });
+    }
+
     // VMs outlive the appliance: take back those of running containers.
-    let running: Vec<_> = pl
-        .list_all()?
+    let running: Vec<_> = all
         .into_iter()
         .filter(|c| matches!(c.state, PowerState::Running | PowerState::Paused))
         .collect();

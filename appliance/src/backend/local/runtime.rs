@@ -133,7 +133,56 @@ fn pid_alive(pid: u32, dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// A container directory no store record owns is left only this long: a
+/// creation in flight (here or in another appliance sharing the state)
+/// makes its directory a moment before it stores the container.
+pub const ORPHAN_DIR_AGE: Duration = Duration::from_secs(120);
+
+/// Removes the directories under `containers` that belong to no container in
+/// `known` (ids), are older than `min_age`, and run no VM: what a creation
+/// that failed half-way, or an appliance killed during one, left behind.
+/// Returns what it removed. Blocking.
+pub fn sweep_orphan_dirs(
+    containers: &Path,
+    known: &HashSet<String>,
+    min_age: Duration,
+) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(containers) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let (name, dir) = (e.file_name().to_string_lossy().into_owned(), e.path());
+        if known.iter().any(|id| id.starts_with(&name)) || !dir.is_dir() {
+            continue;
+        }
+        let young = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < min_age);
+        let vm = std::fs::read_to_string(dir.join("qemu.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|pid| pid_alive(pid, &dir));
+        if young || vm {
+            continue;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => removed.push(dir),
+            Err(err) => tracing::warn!("removing orphaned {}: {err}", dir.display()),
+        }
+    }
+    removed
+}
+
 impl LocalBackend {
+    /// `sweep_orphan_dirs` of this backend's state.
+    pub fn sweep_orphans(&self, known: &HashSet<String>) -> Vec<PathBuf> {
+        sweep_orphan_dirs(&self.state.join("containers"), known, ORPHAN_DIR_AGE)
+    }
+
     pub fn new(
         state: &Path,
         artifacts: BootArtifacts,
@@ -822,5 +871,33 @@ impl Backend for LocalBackend {
 
     fn subscribe(&self, events: Events) {
         *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_removes_only_old_orphans_without_a_vm() {
+        let root = tempfile::tempdir().unwrap();
+        let containers = root.path();
+        let mk = |name: &str| {
+            let d = containers.join(name);
+            std::fs::create_dir_all(d.join("logs")).unwrap();
+            std::fs::write(d.join("root.qcow2"), b"x").unwrap();
+            d
+        };
+        let kept = mk("aaaaaaaaaaaa");
+        let orphan = mk("bbbbbbbbbbbb");
+        let young = mk("cccccccccccc");
+        let old = std::time::SystemTime::now() - Duration::from_secs(600);
+        for d in [&kept, &orphan] {
+            std::fs::File::open(d).unwrap().set_modified(old).unwrap();
+        }
+        let known: HashSet<String> = ["aaaaaaaaaaaa0123456789".to_string()].into();
+        let removed = sweep_orphan_dirs(containers, &known, Duration::from_secs(120));
+        assert_eq!(removed, vec![orphan.clone()]);
+        assert!(kept.exists() && young.exists() && !orphan.exists());
     }
 }
