@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use crate::handle::HandleError;
 use crate::portlayer::exec::PortError;
+use crate::portlayer::network::NetworkError;
 use crate::portlayer::storage::StorageError;
 use crate::store::StoreError;
 
@@ -41,6 +42,8 @@ pub enum ErrorCode {
     /// it; `GET /exec/containers?filter=image_id=...` or `volume=...` lists
     /// them).
     InUse,
+    /// 409: a network scope has no free address left in its range.
+    Exhausted,
     /// 507: the store ran out of space; nothing was recorded.
     NoSpace,
     /// 502: a registry failed or refused (the message says what it said);
@@ -55,7 +58,10 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::Conflict | ErrorCode::NameTaken | ErrorCode::InUse => StatusCode::CONFLICT,
+            ErrorCode::Conflict
+            | ErrorCode::NameTaken
+            | ErrorCode::InUse
+            | ErrorCode::Exhausted => StatusCode::CONFLICT,
             ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::ImageSource => StatusCode::BAD_GATEWAY,
             ErrorCode::InvalidArgument | ErrorCode::BadHandle => StatusCode::BAD_REQUEST,
@@ -145,6 +151,8 @@ fn store_parts(e: &StoreError) -> (ErrorCode, String, Option<u64>) {
         StoreError::InUse { id, .. } => (ErrorCode::InUse, id.clone(), None),
         StoreError::Ambiguous { prefix, .. } => (ErrorCode::InvalidArgument, prefix.clone(), None),
         StoreError::Invalid { what, .. } => (ErrorCode::InvalidArgument, (*what).into(), None),
+        StoreError::Overlap { with, .. } => (ErrorCode::Conflict, with.clone(), None),
+        StoreError::Exhausted { scope, .. } => (ErrorCode::Exhausted, scope.clone(), None),
         StoreError::SchemaTooNew { .. }
         | StoreError::Dir { .. }
         | StoreError::Thread(_)
@@ -192,8 +200,23 @@ impl From<PortError> for ApiError {
             }
             PortError::Filter(_) => (ErrorCode::InvalidArgument, "filter".into(), None),
             PortError::Storage(s) => storage_parts(s),
+            PortError::Network(n) => network_parts(n),
         };
         from_parts(parts, &e)
+    }
+}
+
+fn network_parts(e: &NetworkError) -> (ErrorCode, String, Option<u64>) {
+    match e {
+        NetworkError::Store(s) => store_parts(s),
+        NetworkError::Invalid { .. } => (ErrorCode::InvalidArgument, e.element(), None),
+        NetworkError::Filter(_) => (ErrorCode::InvalidArgument, "filter".into(), None),
+    }
+}
+
+impl From<NetworkError> for ApiError {
+    fn from(e: NetworkError) -> Self {
+        from_parts(network_parts(&e), &e)
     }
 }
 

@@ -310,6 +310,18 @@ impl Backend for FakeBackend {
         None
     }
 
+    async fn apply_network(
+        &self,
+        view: &crate::portlayer::network::NetworkView,
+    ) -> Result<(), BackendError> {
+        self.record(format!(
+            "apply_network {} scopes {} members",
+            view.scopes.len(),
+            view.members.len()
+        ));
+        self.injected("apply_network", "network")
+    }
+
     fn subscribe(&self, events: Events) {
         *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events);
     }

@@ -147,4 +147,14 @@ pub trait Backend: Send + Sync {
     fn log_path(&self, id: &str, task: &str) -> Option<PathBuf>;
     /// Starts reporting events; called once by the port layer.
     fn subscribe(&self, events: Events);
+    /// Realises every scope and bound endpoint of `view` (devices, address
+    /// rules, name service), removing what it made for ones no longer
+    /// there. Idempotent; called after network changes and at start-up.
+    async fn apply_network(
+        &self,
+        view: &crate::portlayer::network::NetworkView,
+    ) -> Result<(), BackendError> {
+        let _ = view;
+        Ok(())
+    }
 }

@@ -63,6 +63,8 @@ pub enum PortError {
     Filter(#[from] super::filter::FilterError),
     #[error("{0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    Network(#[from] super::network::NetworkError),
 }
 
 impl PortError {
@@ -86,6 +88,7 @@ impl PortError {
             }
             PortError::Handle(_) => "handle".into(),
             PortError::Storage(e) => e.element(),
+            PortError::Network(e) => e.element(),
             _ => String::new(),
         }
     }
@@ -144,6 +147,8 @@ impl Filterable for Container {
 pub struct PortLayer {
     pub store: Arc<Store>,
     pub events: Arc<Events>,
+    /// The network component (scopes; endpoints are planned through it).
+    pub network: Arc<super::network::Network>,
     /// The storage component; without it, images are taken as given and
     /// volumes cannot be joined (tests of the engine alone).
     pub storage: Option<Arc<Storage>>,
@@ -177,6 +182,7 @@ fn new_id() -> String {
 fn to_container(rec: &ContainerRecord) -> Result<Container, PortError> {
     let mut c: Container = serde_json::from_value(rec.body.clone()).map_err(StoreError::from)?;
     c.version = rec.version;
+    super::network::fill_addresses(&mut c, &rec.addresses);
     Ok(c)
 }
 
@@ -191,6 +197,7 @@ fn to_record(c: &Container) -> Result<ContainerRecord, PortError> {
         created_at: c.created_at,
         updated_at: now_ms(),
         uses: c.uses(),
+        ..Default::default()
     })
 }
 
@@ -272,6 +279,8 @@ enum Action {
     Resume,
     Exec(Task),
     StopTask(String),
+    /// Realise the network (devices, rules) after a change of endpoints.
+    Network,
 }
 
 /// What the blocking half of a commit leaves to the async half.
@@ -307,9 +316,11 @@ impl PortLayer {
         key: HandleKey,
         backend: Arc<dyn Backend>,
     ) -> Arc<Self> {
+        let network = Arc::new(super::network::Network::new(store.clone(), events.clone()));
         let pl = Arc::new_cyclic(|me| Self {
             store,
             events,
+            network,
             storage,
             key,
             backend: backend.clone(),
@@ -715,9 +726,11 @@ impl PortLayer {
                 let id = c.id.clone();
                 let created = match self.backend.create(&c).await {
                     Ok(()) => {
-                        let rec = to_record(&c)?;
-                        self.off(move |pl| Ok(pl.store.insert_container(&rec)?))
-                            .await
+                        let c = c.clone();
+                        self.off(move |pl| {
+                            Ok(pl.store.insert_container(&pl.record_with_network(&c)?)?)
+                        })
+                        .await
                     }
                     Err(e) => Err(PortError::invalid(&id, e.to_string())),
                 };
@@ -870,7 +883,8 @@ impl PortLayer {
         let version = if actions.is_empty() && changes.is_empty() {
             rec.version
         } else {
-            self.store.update_container(&to_record(&c)?, rec.version)?
+            self.store
+                .update_container(&self.record_with_network(&c)?, rec.version)?
         };
         Ok(Prepared::Update {
             c,
@@ -940,6 +954,17 @@ impl PortLayer {
                 }
                 c.mounts.push(mount.clone());
                 results.insert(el, ok("Joined"));
+            }
+            Change::NetworkJoin { .. }
+            | Change::NetworkBind { .. }
+            | Change::NetworkUnbind { .. }
+            | Change::NetworkLeave { .. } => {
+                if self.network.plan(c, ch, results)?
+                    && !actions.iter().any(|a| matches!(a, Action::Network))
+                {
+                    // Before a start the same handle carries.
+                    actions.insert(0, Action::Network);
+                }
             }
             Change::VolumeLeave { path } => {
                 let Some(i) = c.mounts.iter().position(|m| m.path == *path) else {
@@ -1105,6 +1130,12 @@ impl PortLayer {
                                 t.exit_code = None;
                             }
                         }
+                        if c.endpoints.values().any(|e| e.bound)
+                            && !actions.iter().any(|a| matches!(a, Action::Network))
+                        {
+                            // Its devices are made before its VM starts.
+                            actions.push(Action::Network);
+                        }
                         actions.push(Action::Start);
                         results.insert(el, ok("Started"));
                     }
@@ -1144,6 +1175,22 @@ impl PortLayer {
     }
 
     async fn apply(&self, id: &str, a: Action, results: &mut BTreeMap<String, ElementResult>) {
+        if matches!(a, Action::Network) {
+            if let Err(e) = self.apply_network().await {
+                let el = super::network::endpoint_element(id, "*");
+                let msg = e.to_string();
+                self.off_quiet(move |pl| pl.record_error("backend", &el, "BACKEND", &msg))
+                    .await;
+                results.insert(
+                    super::network::endpoint_element(id, "*"),
+                    ElementResult {
+                        status: Status::Error,
+                        detail: format!("Realising the network: {e}"),
+                    },
+                );
+            }
+            return;
+        }
         let inspected = {
             let id = id.to_string();
             self.off(move |pl| pl.inspect(&id)).await
@@ -1168,6 +1215,7 @@ impl PortLayer {
             Action::Resume => ("resume", id.to_string()),
             Action::Exec(t) => ("exec", task_element(id, &t.id)),
             Action::StopTask(t) => ("stop-task", task_element(id, t)),
+            Action::Network => ("network", id.to_string()),
         };
         let timeout = Duration::from_secs(u64::from(c.stop_timeout_seconds));
         let work = async {
@@ -1178,6 +1226,7 @@ impl PortLayer {
                 Action::Resume => self.backend.resume(id).await,
                 Action::Exec(t) => self.backend.exec(id, &t).await,
                 Action::StopTask(t) => self.backend.stop_task(id, &t, timeout).await,
+                Action::Network => Ok(()),
             }
         };
         let r = self.tracked(kind, &el, work).await;
@@ -1565,6 +1614,60 @@ impl PortLayer {
         .await
     }
 
+    /// Has the backend realise every scope and bound endpoint as the store
+    /// has them (after a change, and at start-up).
+    pub async fn apply_network(&self) -> Result<(), PortError> {
+        let view = self.off(|pl| Ok(pl.network.view(&pl.list_all()?)?)).await?;
+        self.backend
+            .apply_network(&view)
+            .await
+            .map_err(|e| PortError::invalid("network", e.to_string()))
+    }
+
+    /// The record of `c` with the leases and host ports its endpoints ask
+    /// for: a commit writes them with the container, in one transaction.
+    fn record_with_network(&self, c: &Container) -> Result<ContainerRecord, PortError> {
+        let mut rec = to_record(c)?;
+        let (leases, ports) = self.network.wants(c)?;
+        rec.leases = Some(leases);
+        rec.host_ports = Some(ports);
+        Ok(rec)
+    }
+
+    pub fn network_join(&self, h: &str, endpoint: Endpoint) -> Result<String, PortError> {
+        if endpoint.scope.is_empty() {
+            return Err(PortError::invalid("scope", "A scope to join is required"));
+        }
+        self.push(h, Change::NetworkJoin { endpoint })
+    }
+
+    pub fn network_bind(&self, h: &str, scope: &str) -> Result<String, PortError> {
+        self.push(
+            h,
+            Change::NetworkBind {
+                scope: scope.into(),
+            },
+        )
+    }
+
+    pub fn network_unbind(&self, h: &str, scope: &str) -> Result<String, PortError> {
+        self.push(
+            h,
+            Change::NetworkUnbind {
+                scope: scope.into(),
+            },
+        )
+    }
+
+    pub fn network_leave(&self, h: &str, scope: &str) -> Result<String, PortError> {
+        self.push(
+            h,
+            Change::NetworkLeave {
+                scope: scope.into(),
+            },
+        )
+    }
+
     /// `inspect` from async code.
     pub async fn inspect_off(&self, id: &str) -> Result<Container, PortError> {
         let id = id.to_string();
@@ -1850,6 +1953,97 @@ mod tests {
         let c = pl.inspect(&id).unwrap();
         assert_eq!(c.tasks["t1"].state, "exited");
         assert_eq!(c.state, PowerState::Exited);
+    }
+
+    #[tokio::test]
+    async fn endpoints_join_bind_lease_and_leave_through_handles() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(store.clone(), fake.clone());
+        pl.network.ensure_default().unwrap();
+        let net = pl
+            .network
+            .create_scope(&super::super::network::ScopeSpec {
+                name: "gibson".into(),
+                subnet: "10.99.0.0/29".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let join = |h: &str, name: &str| {
+            pl.network_join(
+                h,
+                Endpoint {
+                    scope: name.into(),
+                    aliases: vec!["cookie".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        // The seed's AddContainerToNetwork: get a handle, join, bind, commit.
+        let (a, h) = pl.create(spec("cookie_monster")).unwrap();
+        pl.commit(&h).await.unwrap();
+        let h = pl.get_handle("cookie_monster").unwrap();
+        let h = join(&h, "gibson");
+        let h = pl.network_bind(&h, "gibson").unwrap();
+        assert!(
+            pl.inspect(&a).unwrap().endpoints.is_empty(),
+            "joined before commit"
+        );
+        let r = pl.commit(&h).await.unwrap();
+        let el = format!("{a}/network/gibson");
+        assert_eq!(r.results[&el].status, Status::Success, "{:?}", r.results);
+        let c = pl.inspect(&a).unwrap();
+        let e = &c.endpoints["gibson"];
+        assert_eq!(e.address, "10.99.0.2/29");
+        assert_eq!(e.gateway, net.gateway);
+        assert!(e.mac.starts_with("02:"));
+        // A started container's devices are realised first.
+        let r = pl
+            .commit(&pl.change_state(&r.handle, TargetState::Running).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.results[&a].status, Status::Success);
+        let calls = fake.calls.lock().unwrap().clone();
+        let net_call = calls.iter().position(|c| c.starts_with("apply_network"));
+        let start_call = calls.iter().position(|c| c.starts_with("start"));
+        assert!(net_call.is_some() && net_call < start_call, "{calls:?}");
+        // A running container's NICs cannot change: an ERROR for it.
+        let h = pl.network_leave(&r.handle, "gibson").unwrap();
+        let r = pl.commit(&h).await.unwrap();
+        assert_eq!(r.results[&el].status, Status::Error);
+        assert!(r.results[&el].detail.contains("stop the container first"));
+        assert!(pl.inspect(&a).unwrap().endpoints.contains_key("gibson"));
+        // Five addresses: .2 to .6 (.1 is the gateway); the fifth is the
+        // last, the sixth exhausts the range, naming the scope.
+        for i in 0..4 {
+            let (_, h) = pl.create(spec(&format!("m{i}"))).unwrap();
+            let h = pl.network_bind(&join(&h, "gibson"), "gibson").unwrap();
+            pl.commit(&h).await.unwrap();
+        }
+        let (_, h) = pl.create(spec("one-too-many")).unwrap();
+        let h = pl.network_bind(&join(&h, "gibson"), "gibson").unwrap();
+        let e = pl.commit(&h).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Scope gibson has no free address in its range 10.99.0.1 to 10.99.0.6"
+        );
+        assert!(pl.inspect("one-too-many").is_err());
+        // The scope is in use.
+        let e = pl.network.remove_scope("gibson").unwrap_err();
+        assert!(
+            e.to_string().contains("in use by container cookie_monster"),
+            "{e}"
+        );
+        // Removal releases the lease.
+        pl.remove("m0", true).await.unwrap();
+        let (_, h) = pl.create(spec("one-more")).unwrap();
+        let h = pl.network_bind(&join(&h, "gibson"), "gibson").unwrap();
+        pl.commit(&h).await.unwrap();
+        assert_eq!(
+            pl.inspect("one-more").unwrap().endpoints["gibson"].address,
+            "10.99.0.3/29"
+        );
     }
 
     #[tokio::test]

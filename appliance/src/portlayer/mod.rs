@@ -2,5 +2,6 @@ pub mod events;
 pub mod exec;
 pub mod filter;
 pub mod model;
+pub mod network;
 pub mod policy;
 pub mod storage;

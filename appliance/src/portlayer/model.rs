@@ -121,18 +121,135 @@ pub struct Container {
     /// creation handle committed again is recognised by it, and answered
     /// NOOP.
     pub created_by: String,
+    /// Its network endpoints, by scope name.
+    pub endpoints: BTreeMap<String, Endpoint>,
 }
 
 impl Container {
-    /// The images and volumes it holds on to.
+    /// The images, volumes and scopes it holds on to.
     pub fn uses(&self) -> Vec<crate::store::Use> {
         use crate::store::Use;
         let image = (!self.image_id.is_empty()).then(|| Use::Image(self.image_id.clone()));
         image
             .into_iter()
             .chain(self.mounts.iter().map(|m| Use::Volume(m.volume.clone())))
+            .chain(self.endpoints.keys().map(|s| Use::Scope(s.clone())))
             .collect()
     }
+}
+
+/// The kind of a network scope.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeKind {
+    /// A bridge of the appliance's host with its own subnet; NAT for
+    /// outgoing traffic when `outgoing` is on.
+    #[default]
+    Bridge,
+    /// An existing bridge of the host, joined as it is: addresses from the
+    /// scope's range, no NAT.
+    External,
+    /// A bridge whose members talk to each other only.
+    Closed,
+}
+
+impl ScopeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::Bridge => "bridge",
+            ScopeKind::External => "external",
+            ScopeKind::Closed => "closed",
+        }
+    }
+}
+
+/// A network scope (a network): its members share a subnet and reach each
+/// other.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[serde(default)]
+pub struct Scope {
+    pub name: String,
+    pub kind: ScopeKind,
+    /// "10.88.1.0/24".
+    pub subnet: String,
+    /// The gateway address, inside the subnet (the host's address on the
+    /// bridge; the scope's DNS server listens on it). Empty for `external`
+    /// scopes without a router.
+    pub gateway: String,
+    /// Where container addresses come from: a CIDR inside the subnet (by
+    /// default the whole subnet, less the gateway).
+    pub ip_range: String,
+    pub mtu: u32,
+    /// Whether members may reach beyond the scope (always false for a
+    /// closed scope).
+    pub outgoing: bool,
+    /// The host bridge device.
+    pub bridge: String,
+    /// The scope made out of the box (docker's `bridge`): its members do
+    /// not resolve each other by name.
+    pub default: bool,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: i64,
+}
+
+/// A port of a container, as exposed or published: "80/tcp".
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishedPort {
+    /// Host address it is published on; empty for every address.
+    pub host_ip: String,
+    pub host_port: u16,
+    /// The container's port.
+    pub port: u16,
+    /// "tcp" (default) or "udp".
+    pub proto: String,
+}
+
+/// An outgoing-traffic rule of an endpoint: a target (`tcp:ADDR[/PREFIX][:PORT]`,
+/// `udp:…`, `ip:ADDR[/PREFIX]`, `ether:MAC`) allowed or denied. Rules are
+/// evaluated in order, the first match wins; with any `allowed` rule,
+/// what none matches is denied.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutgoingRule {
+    /// "allowed" or "denied".
+    pub constraint: String,
+    pub target: String,
+}
+
+/// A container's membership of a scope.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[serde(default)]
+pub struct Endpoint {
+    pub scope: String,
+    /// Names other members resolve to it, besides the container's name.
+    pub aliases: Vec<String>,
+    /// A static address asked for; empty: any free one of the range.
+    pub requested_ip: String,
+    /// Ports reachable by the members of its scope ("80/tcp"), as
+    /// documentation and for publishing all.
+    pub exposed: Vec<String>,
+    pub published: Vec<PublishedPort>,
+    pub outgoing: Vec<OutgoingRule>,
+    /// Active: an address is leased and the interface is up.
+    pub bound: bool,
+    /// The interface's MAC address, stable for the container and scope.
+    pub mac: String,
+    /// The leased address in CIDR form ("10.88.1.2/24"), read from the
+    /// store; empty while unbound.
+    pub address: String,
+    /// Copied from the scope at join (a scope's subnet never changes): its
+    /// gateway (may be empty), prefix length and MTU.
+    pub gateway: String,
+    pub prefix_len: u8,
+    pub mtu: u32,
+    /// Whether the scope lets traffic out (its gateway is then a default
+    /// route candidate), and whether it resolves names on its gateway.
+    pub routed: bool,
+    pub dns: bool,
+    /// Join order: the first joined scope that lets traffic out gives the
+    /// default route.
+    pub order: u32,
 }
 
 /// One pending change in a handle.
@@ -170,6 +287,18 @@ pub enum Change {
     },
     VolumeLeave {
         path: String,
+    },
+    NetworkJoin {
+        endpoint: Endpoint,
+    },
+    NetworkBind {
+        scope: String,
+    },
+    NetworkUnbind {
+        scope: String,
+    },
+    NetworkLeave {
+        scope: String,
     },
 }
 

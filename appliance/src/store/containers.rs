@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
+use super::network::{HostPort, LeaseWant, leases_of, write_host_ports, write_leases};
 use super::{Store, StoreError, version_from_db, version_to_db};
 
 /// The shortest id prefix `resolve_container` accepts.
@@ -17,7 +18,7 @@ pub const MIN_PREFIX: usize = 4;
 
 const KIND: &str = "container";
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ContainerRecord {
     pub id: String,
     pub name: String,
@@ -33,6 +34,15 @@ pub struct ContainerRecord {
     /// (each must exist, or the write fails with `NotFound`); not read back:
     /// ask `users_of`.
     pub uses: Vec<Use>,
+    /// The addresses it wants, one per scope (see `LeaseWant`), written
+    /// with the record (`None`: leave them as they are); what it got is in
+    /// `addresses`.
+    pub leases: Option<Vec<LeaseWant>>,
+    /// The host ports it publishes, written with the record (`None`: leave
+    /// them); one another container holds fails the write with `InUse`.
+    pub host_ports: Option<Vec<HostPort>>,
+    /// Read back: scope → leased IPv4 address (as a number).
+    pub addresses: BTreeMap<String, u32>,
 }
 
 /// Something a container holds on to, which must not go while it does.
@@ -42,6 +52,8 @@ pub enum Use {
     Image(String),
     /// A volume name.
     Volume(String),
+    /// A network scope name.
+    Scope(String),
 }
 
 impl Use {
@@ -49,12 +61,13 @@ impl Use {
         match self {
             Use::Image(_) => "image",
             Use::Volume(_) => "volume",
+            Use::Scope(_) => "scope",
         }
     }
 
     pub fn element(&self) -> &str {
         match self {
-            Use::Image(e) | Use::Volume(e) => e,
+            Use::Image(e) | Use::Volume(e) | Use::Scope(e) => e,
         }
     }
 }
@@ -69,6 +82,7 @@ fn write_uses(tx: &Transaction<'_>, id: &str, uses: &[Use], fresh: bool) -> Resu
         let sql = match u {
             Use::Image(_) => "SELECT 1 FROM images WHERE id = ?1",
             Use::Volume(_) => "SELECT 1 FROM volumes WHERE name = ?1",
+            Use::Scope(_) => "SELECT 1 FROM scopes WHERE name = ?1",
         };
         if tx
             .query_row(sql, [u.element()], |_| Ok(()))
@@ -142,7 +156,7 @@ impl Raw {
             state: self.state,
             created_at: self.created_at,
             updated_at: self.updated_at,
-            uses: vec![],
+            ..Default::default()
         })
     }
 }
@@ -155,8 +169,26 @@ fn get_where(
     let sql = format!("SELECT {COLUMNS} FROM containers WHERE {column} = ?1");
     tx.query_row(&sql, [value], Raw::from_row)
         .optional()?
-        .map(Raw::decode)
+        .map(|raw| with_addresses(tx, raw.decode()?))
         .transpose()
+}
+
+fn write_network(tx: &Transaction<'_>, rec: &ContainerRecord) -> Result<(), StoreError> {
+    if let Some(leases) = &rec.leases {
+        write_leases(tx, &rec.id, leases)?;
+    }
+    if let Some(ports) = &rec.host_ports {
+        write_host_ports(tx, &rec.id, ports)?;
+    }
+    Ok(())
+}
+
+fn with_addresses(
+    tx: &Transaction<'_>,
+    mut rec: ContainerRecord,
+) -> Result<ContainerRecord, StoreError> {
+    rec.addresses = leases_of(tx, &rec.id)?;
+    Ok(rec)
 }
 
 fn version_of(tx: &Transaction<'_>, id: &str) -> Result<Option<u64>, StoreError> {
@@ -238,6 +270,7 @@ impl Store {
                 ],
             )?;
             write_uses(tx, &rec.id, &rec.uses, true)?;
+            write_network(tx, rec)?;
             Ok(1)
         })
     }
@@ -291,7 +324,9 @@ impl Store {
             let raws = stmt
                 .query_map([], Raw::from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
-            raws.into_iter().map(Raw::decode).collect()
+            raws.into_iter()
+                .map(|raw| with_addresses(tx, raw.decode()?))
+                .collect()
         })
     }
 
@@ -331,6 +366,7 @@ impl Store {
                 ],
             )?;
             write_uses(tx, &rec.id, &rec.uses, false)?;
+            write_network(tx, rec)?;
             Ok(next)
         })
     }
@@ -373,7 +409,7 @@ mod tests {
             body: json!({"image": "busybox", "count": 0}),
             created_at: 1_000,
             updated_at: 1_000,
-            uses: vec![],
+            ..Default::default()
         }
     }
 

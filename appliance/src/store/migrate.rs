@@ -120,6 +120,46 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX container_uses_element ON container_uses (kind, element);
     "#,
+    // 3: network: scopes, address leases and host ports; containers use
+    // scopes.
+    r#"
+    CREATE TABLE scopes (
+        name        TEXT PRIMARY KEY,
+        first       INTEGER NOT NULL,   -- the subnet, as IPv4 numbers
+        last        INTEGER NOT NULL,
+        body        TEXT NOT NULL,      -- JSON: the network component's record
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+
+    -- One address per container and scope, never two containers on one.
+    CREATE TABLE leases (
+        scope       TEXT NOT NULL REFERENCES scopes (name),
+        address     INTEGER NOT NULL,
+        container   TEXT NOT NULL REFERENCES containers (id) ON DELETE CASCADE,
+        PRIMARY KEY (scope, address),
+        UNIQUE (scope, container)
+    ) STRICT;
+
+    -- Published host ports; address 0 means every host address.
+    CREATE TABLE host_ports (
+        proto       TEXT NOT NULL CHECK (proto IN ('tcp', 'udp')),
+        port        INTEGER NOT NULL,
+        address     INTEGER NOT NULL,
+        container   TEXT NOT NULL REFERENCES containers (id) ON DELETE CASCADE,
+        PRIMARY KEY (proto, port, address)
+    ) STRICT;
+
+    CREATE TABLE container_uses_3 (
+        container   TEXT NOT NULL REFERENCES containers (id) ON DELETE CASCADE,
+        kind        TEXT NOT NULL CHECK (kind IN ('image', 'volume', 'scope')),
+        element     TEXT NOT NULL,
+        PRIMARY KEY (container, kind, element)
+    ) STRICT;
+    INSERT INTO container_uses_3 SELECT container, kind, element FROM container_uses;
+    DROP TABLE container_uses;
+    ALTER TABLE container_uses_3 RENAME TO container_uses;
+    CREATE INDEX container_uses_element ON container_uses (kind, element);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -19,6 +19,7 @@ mod diagnostics;
 mod events;
 mod kv;
 mod migrate;
+mod network;
 mod storage;
 mod worker;
 
@@ -32,6 +33,7 @@ pub use containers::{ContainerRecord, MIN_PREFIX, Use};
 pub use diagnostics::{ErrorQuery, ErrorRecord, OpState, Operation};
 pub use events::EventRecord;
 pub use migrate::SCHEMA_VERSION;
+pub use network::{HostPort, LeaseWant, ScopeRecord};
 pub use storage::{ImageRecord, StoreDir, StoreKind, VolumeRecord};
 pub use worker::mark_async_worker;
 
@@ -69,6 +71,14 @@ pub enum StoreError {
         kind: &'static str,
         id: String,
         by: Vec<String>,
+    },
+    #[error("Scope {id}'s subnet overlaps scope {with}'s")]
+    Overlap { id: String, with: String },
+    #[error("Scope {scope} has no free address in its range {first} to {last}")]
+    Exhausted {
+        scope: String,
+        first: String,
+        last: String,
     },
     #[error("Operation {id} already finished as {state}")]
     AlreadyFinished { id: String, state: OpState },

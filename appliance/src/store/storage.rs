@@ -468,6 +468,7 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             uses,
+            ..Default::default()
         }
     }
 
