@@ -11,7 +11,8 @@
 //! Exit status, as docker's: a command's own failure is 125 (the runtime
 //! failed) or 1 (one of several targets failed, or a commit reported an
 //! ERROR element); `run`, `start -a`, `attach` and `exec` otherwise exit
-//! with the task's code.
+//! with the task's code. A command whose reader closed its stdout early
+//! ends quietly with 141 (see `output`).
 
 #[cfg(test)]
 mod against_fake;
@@ -24,6 +25,8 @@ mod follow;
 mod handles;
 mod images;
 mod logs;
+mod output;
+mod reconnect;
 mod run;
 mod serve;
 mod signals;
@@ -34,6 +37,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use client::Client;
+use output::errln;
 
 #[derive(Parser)]
 #[command(name = "appliance", version, about = "Containers as lightweight VMs")]
@@ -151,7 +155,7 @@ pub fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("appliance: cannot start the async runtime: {e}");
+            errln!("appliance: cannot start the async runtime: {e}");
             return std::process::ExitCode::from(125);
         }
     };
@@ -160,8 +164,9 @@ pub fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => match e.downcast_ref::<Exit>() {
             Some(Exit(code)) => std::process::ExitCode::from(*code),
+            None if output::is_closed(&e) => std::process::ExitCode::from(output::CLOSED_STATUS),
             None => {
-                eprintln!("appliance: {e:#}");
+                errln!("appliance: {e:#}");
                 // As docker does: 125 means the runtime itself failed.
                 std::process::ExitCode::from(125)
             }
