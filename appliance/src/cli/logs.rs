@@ -15,7 +15,8 @@ use super::reconnect::Reconnect;
 
 #[derive(Args)]
 pub struct LogsArgs {
-    /// Keep printing new output until the task has exited.
+    /// Keep printing new output until the task has exited (riding out a
+    /// restart of the appliance: see `follow`).
     #[arg(short, long)]
     follow: bool,
     /// Only the last N lines (or `all`).

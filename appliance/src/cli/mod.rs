@@ -190,8 +190,11 @@ fn init_logging(state: &std::path::Path, server: bool) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    // A closed stderr drops the line (the layer's own complaint about it
+    // would be an `eprintln!`, which panics there: see `output`).
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
