@@ -24,6 +24,29 @@ pub fn appliance_bin() -> PathBuf {
 /// The longest any one CLI command of a test may take (`timeout`'s form).
 const CLI_TIMEOUT: &str = "600";
 
+/// `appliance serve` on `state`, its output appended to `serve.log`.
+fn spawn_serve(state: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.join("serve.log"))
+        .expect("serve log");
+    Command::new(appliance_bin())
+        .arg("--state")
+        .arg(state)
+        .arg("serve")
+        .env("APPLIANCE_ACCEL", "tcg")
+        .env(
+            "APPLIANCE_BOOT_DIR",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn appliance serve")
+}
+
 pub struct Server {
     pub state: PathBuf,
     child: Option<Child>,
@@ -32,35 +55,33 @@ pub struct Server {
 impl Server {
     /// Starts a server on `state` and waits until its socket answers.
     pub fn start(state: &Path) -> Server {
-        let log = std::fs::File::create(state.join("serve.log")).expect("serve log");
-        let child = Command::new(appliance_bin())
-            .arg("--state")
-            .arg(state)
-            .arg("serve")
-            .env("APPLIANCE_ACCEL", "tcg")
-            .env(
-                "APPLIANCE_BOOT_DIR",
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn appliance serve");
         let s = Server {
             state: state.to_path_buf(),
-            child: Some(child),
+            child: Some(spawn_serve(state)),
         };
+        s.wait_up();
+        s
+    }
+
+    /// Starts the server again on the same state directory (after
+    /// [`Server::kill9`]): it re-adopts the running VMs.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.child = Some(spawn_serve(&self.state));
+        self.wait_up();
+    }
+
+    fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (code, _) = s.http("GET", "/diagnostics/stats", None);
+            let (code, _) = self.http("GET", "/diagnostics/stats", None);
             if code == 200 {
-                return s;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "appliance serve did not come up; log:\n{}",
-                std::fs::read_to_string(state.join("serve.log")).unwrap_or_default()
+                std::fs::read_to_string(self.state.join("serve.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -114,6 +135,22 @@ impl Server {
     /// Runs the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_with_stdin(args, None)
+    }
+
+    /// Starts the CLI against this server without waiting for it, its
+    /// stdout and stderr piped (bounded by the same time-out as [`Server::cli`]).
+    pub fn cli_spawn(&self, args: &[&str]) -> Child {
+        Command::new("timeout")
+            .arg(CLI_TIMEOUT)
+            .arg(appliance_bin())
+            .arg("--state")
+            .arg(&self.state)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn appliance")
     }
 
     pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {

@@ -8,6 +8,15 @@
 //! side; the REST transport is `client`, the handle calls are `handles`,
 //! following the log of a task started before it could be attached is
 //! `follow`.
+//!
+//! A foreground task followed through its log (`run`, `exec`, `start -a`
+//! on the local backend) survives a restart of the appliance: the log
+//! resumes after what was printed, the exit code is waited for again, and
+//! the input attach (stdin, signals, resizes) is opened again, forwarding
+//! stdin from where this client had read it. Stdin bytes sent in the
+//! moment the appliance died may be lost; if stdin had already ended, the
+//! end is sent again. A live attach (`appliance attach`) has no offset to
+//! resume from and ends with the connection.
 
 use std::future::Future;
 
@@ -22,8 +31,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{AttachSocket, Client, ClientError, encode, with_query};
-use super::follow::{FOLLOW_GRACE, LogFollow, Target, write_to};
+use super::follow::{FOLLOW_GRACE, LogFollow, LogQuery};
 use super::handles::Handle;
+use super::output::{Target, outln, write_to};
+use super::reconnect::Reconnect;
 use super::run::env_vars;
 
 /// Signals forwarded to a task attached without a terminal (with one, the
@@ -132,7 +143,7 @@ pub async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<u8> {
     };
     if args.detach {
         start.await.map_err(super::runtime_failure)?;
-        println!("{}", task.id);
+        outln!("{}", task.id)?;
         return Ok(0);
     }
     let code = run_task(client, &args.container, Some(&task.id), io, start)
@@ -227,7 +238,12 @@ pub async fn run_task(
     start.await?;
     let ws = client.websocket(&path).await.ok();
     let _raw = RawTerminal::for_io(io);
-    let mut logs = match LogFollow::open(client, container, task, io.tty).await {
+    let query = LogQuery {
+        container: container.to_string(),
+        task: task.map(str::to_string),
+        ..LogQuery::default()
+    };
+    let mut logs = match LogFollow::open(client, &query, !io.tty, true).await {
         Ok(logs) => logs,
         Err(ClientError::Api(e)) if e.status == 404 => {
             tracing::warn!("{e}: showing the live output only");
@@ -238,19 +254,35 @@ pub async fn run_task(
         }
         Err(e) => return Err(e.into()),
     };
+    let reconnect = Reconnect::default();
     let input = async {
-        if let Some(mut ws) = ws {
+        let Some(mut ws) = ws else {
+            return std::future::pending().await;
+        };
+        let mut inputs = Inputs::new(io);
+        loop {
             if io.tty {
                 send_size(&mut ws).await;
             }
-            if let Err(e) = session(ws, io, false).await {
+            if let Err(e) = session(ws, io, false, &mut inputs).await {
                 tracing::debug!("input attach ended: {e:#}");
             }
+            // The task ended (the attach is refused now), or the appliance
+            // went away: then attach again once it is back.
+            ws = match reconnect
+                .retry(|| async { Ok(client.websocket(&path).await?) })
+                .await
+            {
+                Ok(ws) => ws,
+                Err(e) => {
+                    tracing::debug!("input attach not reopened: {e:#}");
+                    return std::future::pending().await;
+                }
+            };
         }
-        std::future::pending::<()>().await
     };
     tokio::select! {
-        code = async { logs.print_until_exit(client, container, task).await } => code,
+        code = logs.print_until_exit(client, &reconnect, container, task) => code,
         () = input => unreachable!("the input side never ends by itself"),
     }
 }
@@ -265,7 +297,8 @@ async fn live(
     task: Option<&str>,
     io: Io,
 ) -> anyhow::Result<i32> {
-    let mut session = std::pin::pin!(session(ws, io, true));
+    let mut inputs = Inputs::new(io);
+    let mut session = std::pin::pin!(session(ws, io, true, &mut inputs));
     let mut exit = std::pin::pin!(wait(client, container, task));
     tokio::select! {
         r = &mut session => match r? {
@@ -324,18 +357,52 @@ fn server_text(text: &str) -> ServerText {
     }
 }
 
+/// What a foreground client forwards to its task, kept across attach
+/// sessions (an input attach opened again after a reconnection).
+struct Inputs {
+    /// Stdin while it lasts (`None`: not forwarded, or ended).
+    stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    /// Whether stdin ended (and the end was sent).
+    stdin_ended: bool,
+    winch: Option<tokio::signal::unix::Signal>,
+    signals: Option<mpsc::Receiver<i32>>,
+}
+
+impl Inputs {
+    fn new(io: Io) -> Self {
+        Self {
+            stdin: io.stdin.then(stdin_reader),
+            stdin_ended: false,
+            winch: if io.tty {
+                signal(SignalKind::window_change()).ok()
+            } else {
+                None
+            },
+            signals: if io.tty { None } else { forward_signals() },
+        }
+    }
+}
+
 /// Runs one attach session until the server closes it: prints output (when
 /// `print`), forwards stdin, resizes and signals. The exit code, if the
 /// server sent one.
-async fn session(ws: AttachSocket, io: Io, print: bool) -> anyhow::Result<Option<i32>> {
+async fn session(
+    ws: AttachSocket,
+    io: Io,
+    print: bool,
+    inputs: &mut Inputs,
+) -> anyhow::Result<Option<i32>> {
     let (mut sink, mut source) = ws.split();
-    let mut stdin = io.stdin.then(stdin_reader);
-    let mut winch = if io.tty {
-        signal(SignalKind::window_change()).ok()
-    } else {
-        None
-    };
-    let mut signals = if io.tty { None } else { forward_signals() };
+    if io.stdin && inputs.stdin_ended {
+        // A session after a reconnection: the end may not have arrived.
+        let _ = sink.send(control(json!({ "close_stdin": true }))).await;
+    }
+    let Inputs {
+        stdin,
+        stdin_ended,
+        winch,
+        signals,
+    } = inputs;
     let mut code = None;
     loop {
         tokio::select! {
@@ -360,23 +427,26 @@ async fn session(ws: AttachSocket, io: Io, print: bool) -> anyhow::Result<Option
                 },
                 Some(Ok(_)) => {}
             },
-            data = recv(&mut stdin) => match data {
+            data = recv(stdin) => match data {
                 Some(d) => {
                     if sink.send(Message::Binary(Bytes::from(d))).await.is_err() {
-                        stdin = None;
+                        // The connection broke: this chunk is lost, the
+                        // next session forwards the rest.
+                        break;
                     }
                 }
                 None => {
-                    stdin = None;
+                    *stdin = None;
+                    *stdin_ended = true;
                     let _ = sink.send(control(json!({ "close_stdin": true }))).await;
                 }
             },
-            Some(()) = recv_signal(&mut winch) => {
+            Some(()) = recv_signal(winch) => {
                 if let Some((rows, cols)) = terminal_size() {
                     let _ = sink.send(control(json!({ "resize": { "rows": rows, "cols": cols } }))).await;
                 }
             }
-            Some(n) = recv(&mut signals) => {
+            Some(n) = recv(signals) => {
                 let _ = sink.send(control(json!({ "signal": n }))).await;
             }
         }

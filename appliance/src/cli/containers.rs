@@ -17,6 +17,7 @@ use super::Exit;
 use super::attach::{self, Io};
 use super::client::{Client, encode, with_query};
 use super::handles::Handle;
+use super::output::{self, errln, outln};
 use super::run::start_container;
 use super::signals;
 
@@ -102,23 +103,33 @@ pub struct WaitArgs {
 }
 
 /// Runs `f` on each container in turn; failures are printed and make the
-/// result `Exit(1)` once all have been tried.
+/// result `Exit(1)` once all have been tried. A closed stdout does not stop
+/// the others: each is still acted on, and the command ends quietly.
 async fn each<'a, F, Fut>(containers: &'a [String], mut f: F) -> anyhow::Result<u8>
 where
     F: FnMut(&'a str) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let mut failed = false;
+    let mut closed = None;
     for c in containers {
-        if let Err(e) = f(c).await {
-            failed = true;
-            // Commit errors were printed element by element already.
-            if e.downcast_ref::<Exit>().is_none() {
-                eprintln!("appliance: {e:#}");
+        match f(c).await {
+            Ok(()) => {}
+            Err(e) if output::is_closed(&e) => closed = Some(e),
+            Err(e) => {
+                failed = true;
+                // Commit errors were printed element by element already.
+                if e.downcast_ref::<Exit>().is_none() {
+                    errln!("appliance: {e:#}");
+                }
             }
         }
     }
-    if failed { Err(Exit(1).into()) } else { Ok(0) }
+    match (failed, closed) {
+        (true, _) => Err(Exit(1).into()),
+        (false, Some(e)) => Err(e),
+        (false, None) => Ok(0),
+    }
 }
 
 fn container_path(id: &str) -> String {
@@ -133,7 +144,7 @@ pub async fn start(client: &Client, args: StartArgs) -> anyhow::Result<u8> {
     if !args.attach {
         return each(&args.containers, |c| async move {
             start_container(client, c).await?;
-            println!("{c}");
+            outln!("{c}")?;
             Ok(())
         })
         .await;
@@ -201,7 +212,7 @@ async fn until_stopped(client: &Client, id: &str, limit: Duration) -> anyhow::Re
 pub async fn stop(client: &Client, args: StopArgs) -> anyhow::Result<u8> {
     each(&args.containers, |c| async move {
         stop_one(client, c, args.time).await?;
-        println!("{c}");
+        outln!("{c}")?;
         Ok(())
     })
     .await
@@ -219,7 +230,7 @@ pub async fn kill(client: &Client, args: KillArgs) -> anyhow::Result<u8> {
     let signal = signals::parse(&args.signal)?;
     each(&args.containers, |c| async move {
         send_signal(client, c, signal).await?;
-        println!("{c}");
+        outln!("{c}")?;
         Ok(())
     })
     .await
@@ -230,7 +241,7 @@ pub async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<u8> {
     each(&args.containers, |c| async move {
         let path = with_query(&container_path(c), &[("force", force.to_string())]);
         client.delete::<()>(&path).await?;
-        println!("{c}");
+        outln!("{c}")?;
         Ok(())
     })
     .await
@@ -246,7 +257,7 @@ pub async fn rename(client: &Client, args: RenameArgs) -> anyhow::Result<u8> {
 pub async fn wait(client: &Client, args: WaitArgs) -> anyhow::Result<u8> {
     each(&args.containers, |c| async move {
         let code = attach::wait(client, c, None).await?;
-        println!("{code}");
+        outln!("{code}")?;
         Ok(())
     })
     .await
@@ -262,11 +273,11 @@ pub async fn inspect_cmd(client: &Client, args: InspectArgs) -> anyhow::Result<u
             Ok(v) => found.push(v),
             Err(e) => {
                 failed = true;
-                eprintln!("appliance: {e}");
+                errln!("appliance: {e}");
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&found)?);
+    outln!("{}", serde_json::to_string_pretty(&found)?)?;
     if failed { Err(Exit(1).into()) } else { Ok(0) }
 }
 
@@ -281,10 +292,10 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<u8> {
     list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
     if args.quiet {
         for c in &list {
-            println!("{}", short_id(&c.id, args.no_trunc));
+            outln!("{}", short_id(&c.id, args.no_trunc))?;
         }
     } else {
-        print!("{}", ps_table(&list, now_ms(), args.no_trunc));
+        output::out(ps_table(&list, now_ms(), args.no_trunc).as_bytes())?;
     }
     Ok(0)
 }

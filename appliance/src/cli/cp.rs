@@ -5,7 +5,7 @@
 //! what comes out with the same protections the guest applies (nothing is
 //! written outside the destination; device nodes are not made).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -13,6 +13,7 @@ use appliance::backend::ArchiveSummary;
 use clap::Args;
 
 use super::client::{Client, encode, with_query};
+use super::output;
 
 #[derive(Args)]
 pub struct CpArgs {
@@ -95,11 +96,9 @@ async fn copy_out(client: &Client, id: &str, path: &str, dst: Side) -> anyhow::R
     let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(8);
     let sink = match dst {
         Side::Stdio => tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let mut out = std::io::stdout().lock();
             for chunk in rx {
-                out.write_all(&chunk)?;
+                output::out(&chunk)?;
             }
-            out.flush()?;
             Ok(())
         }),
         Side::Host(dst) => tokio::task::spawn_blocking(move || unpack_to(rx, &dst)),

@@ -4,12 +4,11 @@
 //! Owns splitting the server's newline-delimited JSON into events (chunks
 //! need not end on a line) and the line format.
 
-use std::io::Write;
-
 use clap::Args;
 use serde::Deserialize;
 
 use super::client::{Client, with_query};
+use super::output::outln;
 
 #[derive(Args)]
 pub struct EventsArgs {
@@ -106,18 +105,17 @@ pub async fn events(client: &Client, args: EventsArgs) -> anyhow::Result<u8> {
     let mut lines = Lines::default();
     client
         .get_stream(&path, |chunk| {
-            let mut out = std::io::stdout().lock();
             for line in lines.push(chunk) {
                 if args.json {
-                    writeln!(out, "{line}")?;
+                    outln!("{line}")?;
                     continue;
                 }
                 match serde_json::from_str::<Event>(&line) {
-                    Ok(e) => writeln!(out, "{}", format_event(&e))?,
-                    Err(_) => writeln!(out, "{line}")?,
+                    Ok(e) => outln!("{}", format_event(&e))?,
+                    Err(_) => outln!("{line}")?,
                 }
             }
-            out.flush()
+            Ok(())
         })
         .await?;
     Ok(0)

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::Exit;
 use super::client::{Client, encode};
+use super::output::errln;
 
 #[derive(Deserialize)]
 struct HandleBody {
@@ -74,7 +75,7 @@ impl<'a> Handle<'a> {
             return Ok(result);
         }
         for line in errors {
-            eprintln!("{line}");
+            errln!("{line}");
         }
         Err(Exit(1).into())
     }

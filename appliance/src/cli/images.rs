@@ -16,6 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 
 use super::client::{Client, encode, with_query};
+use super::output::{errln, outln};
 
 #[derive(Args)]
 pub struct PullArgs {
@@ -269,8 +270,8 @@ pub async fn pull(client: &Client, args: PullArgs) -> anyhow::Result<u8> {
                 Line::End(PullEnd::Done { image }) => {
                     let _ = bars.multi.clear();
                     let name = image.names.first().cloned().unwrap_or_default();
-                    eprintln!("{name}: pulled, {}", human(image.content_size));
-                    println!("{}", image.id);
+                    errln!("{name}: pulled, {}", human(image.content_size));
+                    outln!("{}", image.id)?;
                     return Ok(0);
                 }
                 Line::End(PullEnd::Error { error }) => {
@@ -290,19 +291,21 @@ pub async fn pull(client: &Client, args: PullArgs) -> anyhow::Result<u8> {
 /// they hold.
 pub async fn stores(client: &Client, path: &str, items: &str) -> anyhow::Result<u8> {
     let stores: Vec<appliance::storage::model::StoreUsage> = client.get(path).await?;
-    println!(
+    outln!(
         "{:<16} {items:>7} {:>10} {:>10}  PATH",
-        "STORE", "USED", "FREE"
-    );
+        "STORE",
+        "USED",
+        "FREE"
+    )?;
     for s in stores {
-        println!(
+        outln!(
             "{:<16} {:>7} {:>10} {:>10}  {}",
             s.name,
             s.items,
             human(s.used_bytes),
             human(s.free_bytes),
             s.path
-        );
+        )?;
     }
     Ok(0)
 }
@@ -316,14 +319,17 @@ pub async fn images(client: &Client, args: ImagesArgs) -> anyhow::Result<u8> {
     let images: Vec<Image> = client.get(&path).await?;
     if args.quiet {
         for i in images {
-            println!("{}", short_id(&i.id));
+            outln!("{}", short_id(&i.id))?;
         }
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<48} {:<14} {:>10}  {:<10} USED BY",
-        "REPOSITORY:TAG", "IMAGE ID", "SIZE", "STORE"
-    );
+        "REPOSITORY:TAG",
+        "IMAGE ID",
+        "SIZE",
+        "STORE"
+    )?;
     for i in images {
         let names = if i.names.is_empty() {
             vec!["<none>".to_string()]
@@ -331,14 +337,14 @@ pub async fn images(client: &Client, args: ImagesArgs) -> anyhow::Result<u8> {
             i.names.clone()
         };
         for n in names {
-            println!(
+            outln!(
                 "{:<48} {:<14} {:>10}  {:<10} {}",
                 n,
                 short_id(&i.id),
                 human(i.content_size),
                 i.store,
                 i.used_by.join(", ")
-            );
+            )?;
         }
     }
     Ok(0)
@@ -358,14 +364,14 @@ pub async fn rmi(client: &Client, args: RmiArgs) -> anyhow::Result<u8> {
             Ok(r) => {
                 for x in r.removed {
                     if x.starts_with("sha256:") {
-                        println!("Deleted: {x}");
+                        outln!("Deleted: {x}")?;
                     } else {
-                        println!("Untagged: {x}");
+                        outln!("Untagged: {x}")?;
                     }
                 }
             }
             Err(e) => {
-                eprintln!("appliance: {e}");
+                errln!("appliance: {e}");
                 status = 1;
             }
         }
@@ -442,8 +448,8 @@ pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<u8> {
         } else {
             i.names.join(", ")
         };
-        eprintln!("{names}: imported, {}", human(i.content_size));
-        println!("{}", i.id);
+        errln!("{names}: imported, {}", human(i.content_size));
+        outln!("{}", i.id)?;
     }
     Ok(0)
 }
@@ -452,7 +458,7 @@ pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<u8> {
 pub async fn tag(client: &Client, args: TagArgs) -> anyhow::Result<u8> {
     let body = serde_json::json!({ "image": args.image, "name": args.name });
     let img: Image = client.post("/storage/images/tag", &body).await?;
-    println!("{}", img.names.join(", "));
+    outln!("{}", img.names.join(", "))?;
     Ok(0)
 }
 

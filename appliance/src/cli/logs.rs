@@ -2,17 +2,21 @@
 //! followed, printed as it arrives.
 //!
 //! Owns the flags and turning a relative `--since` (`10m`) into a time the
-//! server takes (unix seconds); the server does the rest.
+//! server takes (unix seconds); the server does the rest, and `follow`
+//! prints it, stdout and stderr apart (as `docker logs` does).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 
-use super::client::{Client, encode, with_query};
+use super::client::Client;
+use super::follow::{LogFollow, LogQuery};
+use super::reconnect::Reconnect;
 
 #[derive(Args)]
 pub struct LogsArgs {
-    /// Keep printing new output until the task has exited.
+    /// Keep printing new output until the task has exited (riding out a
+    /// restart of the appliance: see `follow`).
     #[arg(short, long)]
     follow: bool,
     /// Only the last N lines (or `all`).
@@ -77,36 +81,25 @@ pub fn since_param(s: &str, now: SystemTime) -> String {
     }
 }
 
-pub fn logs_path(args: &LogsArgs, now: SystemTime) -> String {
-    let yes = |b: bool| if b { "true".to_string() } else { String::new() };
-    with_query(
-        &format!("/interaction/containers/{}/logs", encode(&args.container)),
-        &[
-            ("task", args.task.clone().unwrap_or_default()),
-            ("follow", yes(args.follow)),
-            ("tail", args.tail.clone().unwrap_or_default()),
-            (
-                "since",
-                args.since
-                    .as_deref()
-                    .map(|s| since_param(s, now))
-                    .unwrap_or_default(),
-            ),
-            ("timestamps", yes(args.timestamps)),
-        ],
-    )
+/// What to read, as the flags say (a relative `--since` made absolute).
+pub fn log_query(args: &LogsArgs, now: SystemTime) -> LogQuery {
+    LogQuery {
+        container: args.container.clone(),
+        task: args.task.clone(),
+        tail: args.tail.clone(),
+        since: args.since.as_deref().map(|s| since_param(s, now)),
+        timestamps: args.timestamps,
+    }
 }
 
+/// Prints the log: the task's stdout on ours, its stderr on ours (a task
+/// with a terminal has only stdout). `--tail` counts the lines of each
+/// stream apart. With `-f`, a restart of the appliance is ridden out
+/// (`follow`, `reconnect`).
 pub async fn logs(client: &Client, args: LogsArgs) -> anyhow::Result<u8> {
-    use std::io::Write;
-    let path = logs_path(&args, SystemTime::now());
-    client
-        .get_stream(&path, |chunk| {
-            let mut out = std::io::stdout().lock();
-            out.write_all(chunk)?;
-            out.flush()
-        })
-        .await?;
+    let query = log_query(&args, SystemTime::now());
+    let mut log = LogFollow::open(client, &query, true, args.follow).await?;
+    log.print_all(client, &Reconnect::default()).await?;
     Ok(0)
 }
 
@@ -147,9 +140,10 @@ mod tests {
             container: "web".into(),
         };
         let now = UNIX_EPOCH + Duration::from_secs(120);
-        assert_eq!(
-            logs_path(&args, now),
-            "/interaction/containers/web/logs?follow=true&tail=5&since=60.000&timestamps=true"
-        );
+        let q = log_query(&args, now);
+        assert_eq!(q.container, "web");
+        assert_eq!(q.tail.as_deref(), Some("5"));
+        assert_eq!(q.since.as_deref(), Some("60.000"));
+        assert!(q.timestamps && q.task.is_none());
     }
 }

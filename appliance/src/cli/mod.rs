@@ -11,7 +11,8 @@
 //! Exit status, as docker's: a command's own failure is 125 (the runtime
 //! failed) or 1 (one of several targets failed, or a commit reported an
 //! ERROR element); `run`, `start -a`, `attach` and `exec` otherwise exit
-//! with the task's code.
+//! with the task's code. A command whose reader closed its stdout early
+//! ends quietly with 141 (see `output`).
 
 #[cfg(test)]
 mod against_fake;
@@ -24,6 +25,8 @@ mod follow;
 mod handles;
 mod images;
 mod logs;
+mod output;
+mod reconnect;
 mod run;
 mod serve;
 mod signals;
@@ -34,6 +37,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use client::Client;
+use output::errln;
 
 #[derive(Parser)]
 #[command(name = "appliance", version, about = "Containers as lightweight VMs")]
@@ -152,7 +156,7 @@ pub fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("appliance: cannot start the async runtime: {e}");
+            errln!("appliance: cannot start the async runtime: {e}");
             return std::process::ExitCode::from(125);
         }
     };
@@ -164,8 +168,9 @@ pub fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => match e.downcast_ref::<Exit>() {
             Some(Exit(code)) => std::process::ExitCode::from(*code),
+            None if output::is_closed(&e) => std::process::ExitCode::from(output::CLOSED_STATUS),
             None => {
-                eprintln!("appliance: {e:#}");
+                errln!("appliance: {e:#}");
                 // As docker does: 125 means the runtime itself failed.
                 std::process::ExitCode::from(125)
             }
@@ -189,8 +194,11 @@ fn init_logging(state: &std::path::Path, server: bool) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    // A closed stderr drops the line (the layer's own complaint about it
+    // would be an `eprintln!`, which panics there: see `output`).
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::attach::{self, Io};
 use super::client::{Client, ClientError, encode};
 use super::handles::Handle;
+use super::output::{errln, outln};
 use super::signals;
 
 /// How long `--rm` waits for the container to be seen as exited before
@@ -238,7 +239,7 @@ pub async fn start_container(client: &Client, id: &str) -> anyhow::Result<()> {
 pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<u8> {
     let spec = args.flags.to_spec(|k| std::env::var(k).ok())?;
     let id = create_container(client, &spec).await?;
-    println!("{id}");
+    outln!("{id}")?;
     Ok(0)
 }
 
@@ -253,10 +254,10 @@ pub async fn run(client: &Client, args: RunArgs) -> anyhow::Result<u8> {
         .await
         .map_err(super::runtime_failure)?;
     let result = if args.detach {
-        start_container(client, &id).await.map(|()| {
-            println!("{id}");
-            0
-        })
+        match start_container(client, &id).await {
+            Ok(()) => outln!("{id}").map(|()| 0).map_err(Into::into),
+            Err(e) => Err(e),
+        }
     } else {
         let io = Io {
             stdin: args.flags.interactive,
@@ -278,7 +279,7 @@ async fn remove_after_exit(client: &Client, id: &str) {
     let _ = tokio::time::timeout(RM_WAIT, attach::wait(client, id, None)).await;
     let path = format!("/exec/containers/{}?force=true", encode(id));
     if let Err(e) = client.delete::<()>(&path).await {
-        eprintln!("appliance: removing {id}: {e}");
+        errln!("appliance: removing {id}: {e}");
     }
 }
 

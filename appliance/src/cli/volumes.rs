@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::client::{Client, encode, with_query};
 use super::images::human;
+use super::output::{errln, outln};
 
 #[derive(Subcommand)]
 pub enum VolumeCommand {
@@ -85,7 +86,7 @@ pub async fn volume(client: &Client, cmd: VolumeCommand) -> anyhow::Result<u8> {
                 labels: super::run::labels(&a.label),
             };
             let v: Volume = client.post("/storage/volumes", &spec).await?;
-            println!("{}", v.name);
+            outln!("{}", v.name)?;
             Ok(0)
         }
         VolumeCommand::Ls(a) => {
@@ -96,23 +97,26 @@ pub async fn volume(client: &Client, cmd: VolumeCommand) -> anyhow::Result<u8> {
             let vols: Vec<Volume> = client.get(&path).await?;
             if a.quiet {
                 for v in vols {
-                    println!("{}", v.name);
+                    outln!("{}", v.name)?;
                 }
                 return Ok(0);
             }
-            println!(
+            outln!(
                 "{:<32} {:>8} {:>10}  {:<10} USED BY",
-                "VOLUME NAME", "SIZE", "ON DISK", "STORE"
-            );
+                "VOLUME NAME",
+                "SIZE",
+                "ON DISK",
+                "STORE"
+            )?;
             for v in vols {
-                println!(
+                outln!(
                     "{:<32} {:>8} {:>10}  {:<10} {}",
                     v.name,
                     format!("{}M", v.size_mib),
                     human(v.disk_size),
                     v.store,
                     v.used_by.join(", ")
-                );
+                )?;
             }
             Ok(0)
         }
@@ -126,12 +130,12 @@ pub async fn volume(client: &Client, cmd: VolumeCommand) -> anyhow::Result<u8> {
                 {
                     Ok(v) => out.push(v),
                     Err(e) => {
-                        eprintln!("appliance: {e}");
+                        errln!("appliance: {e}");
                         status = 1;
                     }
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?)?;
             Ok(status)
         }
         VolumeCommand::Rm(a) => {
@@ -141,9 +145,9 @@ pub async fn volume(client: &Client, cmd: VolumeCommand) -> anyhow::Result<u8> {
                     .delete::<()>(&format!("/storage/volumes/{}", encode(n)))
                     .await
                 {
-                    Ok(()) => println!("{n}"),
+                    Ok(()) => outln!("{n}")?,
                     Err(e) => {
-                        eprintln!("appliance: {e}");
+                        errln!("appliance: {e}");
                         status = 1;
                     }
                 }
