@@ -104,6 +104,7 @@ impl From<model::Container> for Container {
             image: c.image,
             image_id: c.image_id,
             mounts: c.mounts,
+            endpoints: c.endpoints,
             hostname: c.hostname,
             memory_mib: c.memory_mib,
             cpus: c.cpus,
@@ -276,6 +277,8 @@ pub struct Container {
     pub finished_at: i64,
     /// Change version, for optimistic concurrency.
     pub version: u64,
+    /// Network endpoints, by scope name.
+    pub endpoints: BTreeMap<String, model::Endpoint>,
 }
 
 /// A new container's id and its first handle.

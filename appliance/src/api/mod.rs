@@ -25,6 +25,7 @@ pub mod exec;
 pub mod extract;
 pub mod interaction;
 pub mod kv;
+pub mod network;
 pub mod openapi;
 pub mod storage;
 pub mod time;
@@ -96,6 +97,7 @@ pub fn router_with_log(pl: Arc<PortLayer>, log_file: Option<std::path::PathBuf>)
         .merge(diagnostics::routes())
         .merge(kv::routes())
         .merge(storage::routes())
+        .merge(network::routes())
         .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -14,7 +14,7 @@ use axum::routing::get;
 use utoipa::OpenApi;
 
 use super::error::{ErrorBody, ErrorCode};
-use super::{ApiState, diagnostics, events, exec, interaction, kv, storage};
+use super::{ApiState, diagnostics, events, exec, interaction, kv, network, storage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,7 +22,8 @@ use super::{ApiState, diagnostics, events, exec, interaction, kv, storage};
         title = "appliance port layer",
         description = "The port layer of a container runtime in which every container is a \
 microVM. Components: `exec` (containers, tasks, handles, Commit), `storage` \
-(image stores, images, volume stores, volumes), `interaction` \
+(image stores, images, volume stores, volumes), `network` (scopes, \
+endpoints, addresses, ports), `interaction` \
 (logs, attach), `events`, `diagnostics`, `kv`.\n\n\
 Mutations go through handles: every composition call takes an opaque handle \
 and returns a new one; nothing changes until `POST /exec/commit`. Handles are \
@@ -31,7 +32,8 @@ Every error is `{\"code\", \"message\", \"element\"}` with a stable `code`: \
 `NOT_FOUND` (404), `CONFLICT` (409, with `current_version` for a stale \
 version), `INVALID_ARGUMENT` (400), `BAD_HANDLE` (400), `NAME_TAKEN` (409), \
 `METHOD_NOT_ALLOWED` (405), `IN_USE` (409, naming the containers), \
-`NO_SPACE` (507), `IMAGE_SOURCE` (502), `INTERNAL` (500)."
+`NO_SPACE` (507), `IMAGE_SOURCE` (502), `EXHAUSTED` (409, a scope with no \
+free address), `INTERNAL` (500)."
     ),
     paths(
         exec::create,
@@ -66,6 +68,14 @@ version), `INVALID_ARGUMENT` (400), `BAD_HANDLE` (400), `NAME_TAKEN` (409), \
         storage::volume_leave,
         storage::archive_get,
         storage::archive_put,
+        network::list_scopes,
+        network::create_scope,
+        network::inspect_scope,
+        network::remove_scope,
+        network::join,
+        network::bind,
+        network::unbind,
+        network::leave,
         interaction::logs,
         interaction::attach,
         events::events,
@@ -94,6 +104,7 @@ version), `INVALID_ARGUMENT` (400), `BAD_HANDLE` (400), `NAME_TAKEN` (409), \
     tags(
         (name = "exec", description = "Containers and their tasks, handles, composition and Commit."),
         (name = "storage", description = "Image stores and images, volume stores and volumes, volume joins."),
+        (name = "network", description = "Scopes (networks), endpoints joined to containers, addresses, published ports, outgoing policy."),
         (name = "interaction", description = "Logs and attach: a task's stdin, stdout and stderr."),
         (name = "events", description = "Everything the port layer does, as a filtered stream."),
         (name = "diagnostics", description = "Operations in progress, recorded errors, statistics."),

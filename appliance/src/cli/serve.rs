@@ -105,6 +105,10 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
         Err(e) => tracing::warn!("ending the operations of a stopped appliance: {e}"),
     }
 
+    // The default scope exists out of the box, as docker's `bridge`.
+    pl.network
+        .ensure_default()
+        .context("Making the default network scope")?;
     let all = pl.list_all()?;
     // Directories of creations that failed half-way (or were cut short by
     // a kill) belong to no container: swept, off the runtime.
@@ -129,6 +133,13 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
         tracing::info!(count = running.len(), "re-adopting running containers");
         let backend = backend.clone();
         tokio::spawn(async move { backend.recover(&running).await });
+    }
+
+    // Devices and rules are rebuilt from the store: a crash leaves nothing
+    // inconsistent, and a restart converges.
+    if let Err(e) = pl.apply_network().await {
+        tracing::error!("realising the network from the store: {e}");
+        eprintln!("appliance: realising the network from the store: {e}");
     }
 
     let router = appliance::api::router_with_log(pl, Some(log_path(state)));

@@ -659,6 +659,12 @@ impl Network {
         }
     }
 
+    /// Checks a join against its scope, as Commit will. Blocking.
+    pub fn check_join(&self, e: &Endpoint) -> Result<(), NetworkError> {
+        let scope = self.scope(&e.scope)?;
+        self.check_endpoint("", &scope, e).map(drop)
+    }
+
     /// Validates a join against its scope and fills in what comes from the
     /// scope.
     fn check_endpoint(
