@@ -322,6 +322,7 @@ pub fn ps_table(list: &[Container], now_ms: i64, no_trunc: bool) -> String {
         "IMAGE".into(),
         "COMMAND".into(),
         "STATUS".into(),
+        "NETWORKS".into(),
         "NAMES".into(),
     ]];
     for c in list {
@@ -330,10 +331,11 @@ pub fn ps_table(list: &[Container], now_ms: i64, no_trunc: bool) -> String {
             c.image.clone(),
             command(c, no_trunc),
             status(c, now_ms),
+            super::network::addresses(&c.endpoints),
             c.name.clone(),
         ]);
     }
-    let mut widths = [0usize; 5];
+    let mut widths = [0usize; 6];
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -492,17 +494,32 @@ mod tests {
             &["sh", "-c", "while true; do date; sleep 1; done"],
         );
         a.started_at = now - 2_000;
-        let b = container(
+        let endpoint = |address: &str| appliance::portlayer::model::Endpoint {
+            scope: "net".into(),
+            bound: true,
+            address: address.into(),
+            ..Default::default()
+        };
+        a.endpoints.insert("net".into(), endpoint("10.88.1.2/24"));
+        let mut b = container(
             "fedcba9876543210ffff",
             "job-1",
             PowerState::Created,
             &["true"],
         );
+        let mut e = endpoint("10.88.1.3/24");
+        e.published.push(appliance::portlayer::model::PublishedPort {
+            host_port: 8080,
+            port: 80,
+            proto: "tcp".into(),
+            ..Default::default()
+        });
+        b.endpoints.insert("net".into(), e);
         let table = ps_table(&[a, b], now, false);
         let expected = "\
-CONTAINER ID   IMAGE     COMMAND                  STATUS         NAMES
-0123456789ab   busybox   \"sh -c while true; d…\"   Up 2 seconds   web
-fedcba987654   busybox   \"true\"                   Created        job-1
+CONTAINER ID   IMAGE     COMMAND                  STATUS         NETWORKS                             NAMES
+0123456789ab   busybox   \"sh -c while true; d…\"   Up 2 seconds   net=10.88.1.2                        web
+fedcba987654   busybox   \"true\"                   Created        net=10.88.1.3 0.0.0.0:8080->80/tcp   job-1
 ";
         assert_eq!(table, expected);
         let full = ps_table(
@@ -522,7 +539,7 @@ fedcba987654   busybox   \"true\"                   Created        job-1
     fn empty_ps_is_the_header() {
         assert_eq!(
             ps_table(&[], 0, false),
-            "CONTAINER ID   IMAGE   COMMAND   STATUS   NAMES\n"
+            "CONTAINER ID   IMAGE   COMMAND   STATUS   NETWORKS   NAMES\n"
         );
     }
 }

@@ -37,14 +37,31 @@ impl<'a> Handle<'a> {
         Self { client, token }
     }
 
-    async fn change(&mut self, op: &str, mut body: serde_json::Value) -> anyhow::Result<()> {
+    async fn change(&mut self, op: &str, body: serde_json::Value) -> anyhow::Result<()> {
+        self.change_at(&format!("/exec/handles/{op}"), body).await
+    }
+
+    async fn change_at(&mut self, path: &str, mut body: serde_json::Value) -> anyhow::Result<()> {
         body["handle"] = json!(self.token);
-        let next: HandleBody = self
-            .client
-            .post(&format!("/exec/handles/{op}"), &body)
-            .await?;
+        let next: HandleBody = self.client.post(path, &body).await?;
         self.token = next.handle;
         Ok(())
+    }
+
+    /// Joins a network scope: `join` is the request's other fields (scope,
+    /// aliases, ip, exposed, published, outgoing).
+    pub async fn network_join(&mut self, join: serde_json::Value) -> anyhow::Result<()> {
+        self.change_at("/network/handles/join", join).await
+    }
+
+    pub async fn network_bind(&mut self, scope: &str) -> anyhow::Result<()> {
+        self.change_at("/network/handles/bind", json!({ "scope": scope }))
+            .await
+    }
+
+    pub async fn network_leave(&mut self, scope: &str) -> anyhow::Result<()> {
+        self.change_at("/network/handles/leave", json!({ "scope": scope }))
+            .await
     }
 
     pub async fn task_join(&mut self, task: &Task) -> anyhow::Result<()> {

@@ -25,6 +25,7 @@ mod follow;
 mod handles;
 mod images;
 mod logs;
+mod network;
 mod output;
 mod reconnect;
 mod run;
@@ -95,6 +96,9 @@ enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    /// Manage networks (scopes) and containers' membership of them.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Copy files between the host and a container (running or stopped).
     Cp(cp::CpArgs),
 }
@@ -141,6 +145,7 @@ async fn dispatch(state: PathBuf, command: Command) -> anyhow::Result<u8> {
         Command::Import(args) => images::import(c, args).await,
         Command::Tag(args) => images::tag(c, args).await,
         Command::Volume(cmd) => volumes::volume(c, cmd).await,
+        Command::Network(cmd) => network::network(c, cmd).await,
         Command::Cp(args) => cp::cp(c, args).await,
     }
 }

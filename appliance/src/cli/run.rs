@@ -73,6 +73,12 @@ pub struct CreateFlags {
     /// Replace the image's entrypoint ("" for none).
     #[arg(long)]
     pub entrypoint: Option<String>,
+    /// Networks (scopes) to join; `--alias`, `--ip`, `-p`, `--expose` and
+    /// `--outgoing` apply to the first.
+    #[arg(long)]
+    pub network: Vec<String>,
+    #[command(flatten)]
+    pub join: super::network::JoinFlags,
     /// The image: `busybox` (offline, always there), or one pulled or
     /// imported (`appliance images` lists them).
     pub image: String,
@@ -205,12 +211,28 @@ struct Created {
 }
 
 /// Creates the container (create, commit); its id.
-async fn create_container(client: &Client, spec: &CreateSpec) -> anyhow::Result<String> {
+/// Its networks are joined and bound on the creation handle, so the
+/// container is made with them in one commit.
+async fn create_container(
+    client: &Client,
+    spec: &CreateSpec,
+    flags: &CreateFlags,
+) -> anyhow::Result<String> {
     let created: Created = client
         .post("/exec/containers", spec)
         .await
         .map_err(|e| missing_volume_hint(e, &spec.mounts))?;
-    Handle::from_token(client, created.handle).commit().await?;
+    let mut h = Handle::from_token(client, created.handle);
+    for (i, scope) in flags.network.iter().enumerate() {
+        let join = if i == 0 {
+            flags.join.clone()
+        } else {
+            super::network::JoinFlags::default()
+        };
+        h.network_join(join.request(scope)?).await?;
+        h.network_bind(scope).await?;
+    }
+    h.commit().await?;
     Ok(created.id)
 }
 
@@ -238,7 +260,7 @@ pub async fn start_container(client: &Client, id: &str) -> anyhow::Result<()> {
 /// `appliance create`: prints the new container's id.
 pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<u8> {
     let spec = args.flags.to_spec(|k| std::env::var(k).ok())?;
-    let id = create_container(client, &spec).await?;
+    let id = create_container(client, &spec, &args.flags).await?;
     outln!("{id}")?;
     Ok(0)
 }
@@ -250,7 +272,7 @@ pub async fn run(client: &Client, args: RunArgs) -> anyhow::Result<u8> {
         bail!("--rm with --detach is not supported: the removal is done by this client");
     }
     let spec = args.flags.to_spec(|k| std::env::var(k).ok())?;
-    let id = create_container(client, &spec)
+    let id = create_container(client, &spec, &args.flags)
         .await
         .map_err(super::runtime_failure)?;
     let result = if args.detach {
