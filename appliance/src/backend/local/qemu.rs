@@ -95,6 +95,9 @@ pub struct VmConfig {
     pub qmp_socket: Option<PathBuf>,
     /// Further virtio-serial ports: (name in the guest, host socket).
     pub extra_ports: Vec<(String, PathBuf)>,
+    /// NICs: (host tap, made beforehand; MAC). No vhost: the hosts this
+    /// runs on may have no /dev/vhost-net.
+    pub nics: Vec<(String, String)>,
 }
 
 impl VmConfig {
@@ -209,6 +212,14 @@ impl VmConfig {
                 dev("virtio-blk"),
                 d.serial
             ));
+        }
+        for (i, (tap, mac)) in self.nics.iter().enumerate() {
+            push("-netdev");
+            push(&format!(
+                "tap,id=net{i},ifname={tap},script=no,downscript=no"
+            ));
+            push("-device");
+            push(&format!("{},netdev=net{i},mac={mac}", dev("virtio-net")));
         }
         if let Some(q) = &self.qmp_socket {
             push("-qmp");
@@ -335,6 +346,7 @@ mod tests {
             }],
             qmp_socket: None,
             extra_ports: vec![],
+            nics: vec![],
         }
     }
 
@@ -364,6 +376,26 @@ mod tests {
         assert!(a.contains("virtserialport,chardev=tether,name=org.tether.0"));
         assert!(a.contains("virtio-blk-device,drive=disk0,serial=rootfs"));
         assert!(!a.contains("-pci"));
+        assert!(!a.contains("-netdev"));
+    }
+
+    #[test]
+    fn nics_are_taps_without_vhost() {
+        let mut c = config(
+            Machine::Microvm,
+            Boot::Direct {
+                kernel: "/b/vmlinuz".into(),
+                initrd: "/b/initrd.img".into(),
+                cmdline: "console=ttyS0".into(),
+            },
+        );
+        c.nics = vec![("apt01234567abcd".into(), "02:01:02:03:04:05".into())];
+        let a = joined(&c);
+        assert!(
+            a.contains("-netdev tap,id=net0,ifname=apt01234567abcd,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:01:02:03:04:05"),
+            "{a}"
+        );
+        assert!(!a.contains("vhost"));
     }
 
     #[test]

@@ -628,6 +628,12 @@ impl Backend for LocalBackend {
         opts.memory_mib = c.memory_mib;
         opts.cpus = c.cpus;
         opts.detached = true;
+        let (nics, nameservers) = super::nics::plan(c);
+        opts.nics = nics;
+        opts.nameservers = nameservers;
+        opts.names = std::iter::once(c.name.clone())
+            .filter(|n| *n != c.hostname)
+            .collect();
         let mut launched =
             vm::launch(&opts, self.key.public_key()).map_err(|e| BackendError::failed(&c.id, e))?;
         let pid = launched.vm.pid().unwrap_or(0);

@@ -85,6 +85,11 @@ pub struct VmOptions {
     pub maintenance: bool,
     /// The container's copy-on-write root disk, if not `workdir/root.qcow2`.
     pub root_disk: Option<PathBuf>,
+    /// Network interfaces (host taps, made beforehand) and name servers.
+    pub nics: Vec<super::nics::Nic>,
+    pub nameservers: Vec<String>,
+    /// Names of its own for the guest's `/etc/hosts`, on its first address.
+    pub names: Vec<String>,
 }
 
 /// A volume's disk and where the container sees it.
@@ -125,6 +130,9 @@ impl VmOptions {
             volumes: vec![],
             maintenance: false,
             root_disk: None,
+            nics: vec![],
+            nameservers: vec![],
+            names: vec![],
         }
     }
 }
@@ -177,12 +185,33 @@ pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmEr
                 read_only: v.read_only,
             })
             .collect(),
+        networks: opts
+            .nics
+            .iter()
+            .map(|n| proto::v1::Network {
+                name: n.scope.clone(),
+                mac: n.mac.clone(),
+                addresses: vec![n.address.clone()],
+                gateway: n.gateway.clone().unwrap_or_default(),
+                mtu: n.mtu,
+            })
+            .collect(),
+        dns: (!opts.nameservers.is_empty()).then(|| proto::v1::Dns {
+            nameservers: opts.nameservers.clone(),
+            ..Default::default()
+        }),
+        hosts: match opts.nics.first() {
+            Some(n) if !opts.names.is_empty() => vec![proto::v1::HostEntry {
+                address: n.address.split('/').next().unwrap_or_default().to_string(),
+                names: opts.names.clone(),
+            }],
+            _ => vec![],
+        },
         linger_seconds: opts.linger_seconds,
         channel: Some(ChannelSpec {
             kind: Kind::VirtioSerial as i32,
             address: proto::DEFAULT_PORT_NAME.into(),
         }),
-        ..Default::default()
     };
     let w = &opts.workdir;
     let spec_file = w.join("spec.pb");
@@ -238,6 +267,11 @@ pub fn launch(opts: &VmOptions, client_key: &PublicKey) -> Result<Launched, VmEr
         .collect(),
         qmp_socket: Some(w.join("qmp.sock")),
         extra_ports: opts.extra_ports.clone(),
+        nics: opts
+            .nics
+            .iter()
+            .map(|n| (n.tap.clone(), n.mac.clone()))
+            .collect(),
     };
     let vm = Vm::spawn(config, opts.detached).map_err(|e| VmError::Qemu(id.clone(), e))?;
     Ok(Launched {
