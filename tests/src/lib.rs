@@ -166,6 +166,7 @@ impl TestVm {
     }
 }
 pub mod bench_storage;
+pub mod netns;
 pub mod oci_image;
 pub mod registry;
 pub mod server;

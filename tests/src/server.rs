@@ -25,14 +25,22 @@ pub fn appliance_bin() -> PathBuf {
 const CLI_TIMEOUT: &str = "600";
 
 /// `appliance serve` on `state`, its output appended to `serve.log`.
-fn spawn_serve(state: &Path) -> Child {
+fn spawn_serve(state: &Path, netns: Option<&str>) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(state.join("serve.log"))
         .expect("serve log");
-    Command::new(appliance_bin())
-        .arg("--state")
+    // `ip netns exec` execs the server: the child's PID is the server's.
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(appliance_bin());
+            c
+        }
+        None => Command::new(appliance_bin()),
+    };
+    cmd.arg("--state")
         .arg(state)
         .arg("serve")
         .env("APPLIANCE_ACCEL", "tcg")
@@ -50,6 +58,8 @@ fn spawn_serve(state: &Path) -> Child {
 pub struct Server {
     pub state: PathBuf,
     child: Option<Child>,
+    /// The network namespace it runs in, if not the test's own.
+    netns: Option<String>,
 }
 
 impl Server {
@@ -57,7 +67,20 @@ impl Server {
     pub fn start(state: &Path) -> Server {
         let s = Server {
             state: state.to_path_buf(),
-            child: Some(spawn_serve(state)),
+            child: Some(spawn_serve(state, None)),
+            netns: None,
+        };
+        s.wait_up();
+        s
+    }
+
+    /// Starts a server inside the network namespace `netns` (so that the
+    /// bridges, taps and rules it makes live there).
+    pub fn start_in(state: &Path, netns: &crate::netns::Netns) -> Server {
+        let s = Server {
+            state: state.to_path_buf(),
+            child: Some(spawn_serve(state, Some(&netns.name))),
+            netns: Some(netns.name.clone()),
         };
         s.wait_up();
         s
@@ -67,7 +90,7 @@ impl Server {
     /// [`Server::kill9`]): it re-adopts the running VMs.
     pub fn restart(&mut self) {
         self.kill9();
-        self.child = Some(spawn_serve(&self.state));
+        self.child = Some(spawn_serve(&self.state, self.netns.as_deref()));
         self.wait_up();
     }
 

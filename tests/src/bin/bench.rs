@@ -84,6 +84,7 @@ async fn commits() -> anyhow::Result<()> {
             created_at: 0,
             updated_at: 0,
             uses: vec![],
+            ..Default::default()
         };
         let v = store.insert_container(&rec)?;
         rec.body["tasks"] = serde_json::json!({ "a": {}, "b": {} });
@@ -349,6 +350,7 @@ async fn main() -> anyhow::Result<()> {
             disks: vec![],
             qmp_socket: None,
             extra_ports: vec![],
+            nics: vec![],
         };
         std::fs::write(&config.spec_file, b"")?;
         let t0 = Instant::now();
