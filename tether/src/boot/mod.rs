@@ -125,7 +125,7 @@ pub enum BootError {
         action: String,
         iface: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("Setting ownership of {path} to match the mount point")]
     Chown {

@@ -100,90 +100,97 @@ fn plan(spec: &ContainerSpec) -> Result<Vec<Plan>, BootError> {
         .collect()
 }
 
-fn link_name(msg: &LinkMessage) -> Option<&str> {
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(name) => Some(name.as_str()),
-        _ => None,
-    })
+/// An interface as the netlink side lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
 }
 
-fn link_has_mac(msg: &LinkMessage, mac: &[u8; 6]) -> bool {
-    msg.attributes
-        .iter()
-        .any(|a| matches!(a, LinkAttribute::Address(addr) if addr.as_slice() == mac))
+pub(crate) type NetlinkResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The netlink requests network bring-up makes: rtnetlink in the VM, a
+/// recording fake in tests (youki's way), so the logic is tested without
+/// root.
+pub(crate) trait Netlink {
+    fn links(&self) -> impl std::future::Future<Output = NetlinkResult<Vec<Link>>> + Send;
+    fn set_up(&self, index: u32) -> impl std::future::Future<Output = NetlinkResult<()>> + Send;
+    fn set_mtu(
+        &self,
+        index: u32,
+        mtu: u32,
+    ) -> impl std::future::Future<Output = NetlinkResult<()>> + Send;
+    fn add_address(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        prefix: u8,
+    ) -> impl std::future::Future<Output = NetlinkResult<()>> + Send;
+    fn add_default_route(
+        &self,
+        index: u32,
+        gateway: IpAddr,
+    ) -> impl std::future::Future<Output = NetlinkResult<()>> + Send;
+    /// Waits `POLL_INTERVAL` between looks for an interface still to come.
+    fn pause(&self) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// All links.
-async fn links(handle: &Handle) -> Result<Vec<LinkMessage>, rtnetlink::Error> {
-    handle.link().get().execute().try_collect().await
-}
+/// The real thing, over an rtnetlink connection.
+struct RtNetlink(Handle);
 
-/// Finds the interface with `mac`, waiting for it to appear.
-async fn find_link(handle: &Handle, plan: &Plan) -> Result<(u32, String), BootError> {
-    let attempts = DEVICE_WAIT.as_millis() / POLL_INTERVAL.as_millis();
-    for attempt in 0..=attempts {
-        let all = links(handle).await.map_err(|source| BootError::Link {
-            action: "Listing interfaces".into(),
-            iface: format!("for network '{}'", plan.name),
-            source,
-        })?;
-        if let Some(link) = all.iter().find(|l| link_has_mac(l, &plan.mac)) {
-            let name = link_name(link).unwrap_or("?").to_owned();
-            return Ok((link.header.index, name));
-        }
-        if attempt < attempts {
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+impl Netlink for RtNetlink {
+    async fn links(&self) -> NetlinkResult<Vec<Link>> {
+        let all: Vec<LinkMessage> = self.0.link().get().execute().try_collect().await?;
+        Ok(all
+            .iter()
+            .map(|m| Link {
+                index: m.header.index,
+                name: m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "?".into()),
+                mac: m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(addr) => <[u8; 6]>::try_from(addr.as_slice()).ok(),
+                    _ => None,
+                }),
+            })
+            .collect())
     }
-    Err(BootError::LinkNotFound {
-        network: plan.name.clone(),
-        wanted: format!("with MAC {}", format_mac(&plan.mac)),
-    })
-}
 
-fn link_error(
-    action: impl Into<String>,
-    iface: &str,
-) -> impl FnOnce(rtnetlink::Error) -> BootError {
-    let action = action.into();
-    let iface = iface.to_owned();
-    move |source| BootError::Link {
-        action,
-        iface,
-        source,
-    }
-}
-
-async fn set_up(handle: &Handle, index: u32, iface: &str) -> Result<(), BootError> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(link_error("Bringing up", iface))
-}
-
-async fn configure_link(handle: &Handle, plan: &Plan) -> Result<(), BootError> {
-    let (index, iface) = find_link(handle, plan).await?;
-    if plan.mtu != 0 {
-        handle
+    async fn set_up(&self, index: u32) -> NetlinkResult<()> {
+        self.0
             .link()
-            .set(LinkUnspec::new_with_index(index).mtu(plan.mtu).build())
+            .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
-            .await
-            .map_err(link_error(format!("Setting MTU {}", plan.mtu), &iface))?;
+            .await?;
+        Ok(())
     }
-    for &(ip, prefix) in &plan.addresses {
-        handle
+
+    async fn set_mtu(&self, index: u32, mtu: u32) -> NetlinkResult<()> {
+        self.0
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await?;
+        Ok(())
+    }
+
+    async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> NetlinkResult<()> {
+        self.0
             .address()
             .add(index, ip, prefix)
             .replace()
             .execute()
-            .await
-            .map_err(link_error(format!("Adding address {ip}/{prefix}"), &iface))?;
+            .await?;
+        Ok(())
     }
-    set_up(handle, index, &iface).await?;
-    if let Some(gateway) = plan.gateway {
+
+    async fn add_default_route(&self, index: u32, gateway: IpAddr) -> NetlinkResult<()> {
         let route = match gateway {
             IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(gw)
@@ -194,11 +201,66 @@ async fn configure_link(handle: &Handle, plan: &Plan) -> Result<(), BootError> {
                 .output_interface(index)
                 .build(),
         };
-        handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
+        self.0.route().add(route).replace().execute().await?;
+        Ok(())
+    }
+
+    async fn pause(&self) {
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn link_error(
+    action: impl Into<String>,
+    iface: &str,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> BootError {
+    let action = action.into();
+    let iface = iface.to_owned();
+    move |source| BootError::Link {
+        action,
+        iface,
+        source,
+    }
+}
+
+/// Finds the interface with the plan's MAC, waiting for it to appear.
+async fn find_link(nl: &impl Netlink, plan: &Plan) -> Result<(u32, String), BootError> {
+    let attempts = DEVICE_WAIT.as_millis() / POLL_INTERVAL.as_millis();
+    for attempt in 0..=attempts {
+        let all = nl.links().await.map_err(link_error(
+            "Listing interfaces",
+            &format!("for network '{}'", plan.name),
+        ))?;
+        if let Some(link) = all.iter().find(|l| l.mac == Some(plan.mac)) {
+            return Ok((link.index, link.name.clone()));
+        }
+        if attempt < attempts {
+            nl.pause().await;
+        }
+    }
+    Err(BootError::LinkNotFound {
+        network: plan.name.clone(),
+        wanted: format!("with MAC {}", format_mac(&plan.mac)),
+    })
+}
+
+async fn configure_link(nl: &impl Netlink, plan: &Plan) -> Result<(), BootError> {
+    let (index, iface) = find_link(nl, plan).await?;
+    if plan.mtu != 0 {
+        nl.set_mtu(index, plan.mtu)
+            .await
+            .map_err(link_error(format!("Setting MTU {}", plan.mtu), &iface))?;
+    }
+    for &(ip, prefix) in &plan.addresses {
+        nl.add_address(index, ip, prefix)
+            .await
+            .map_err(link_error(format!("Adding address {ip}/{prefix}"), &iface))?;
+    }
+    nl.set_up(index)
+        .await
+        .map_err(link_error("Bringing up", &iface))?;
+    if let Some(gateway) = plan.gateway {
+        nl.add_default_route(index, gateway)
             .await
             .map_err(link_error(
                 format!("Adding default route via {gateway}"),
@@ -222,34 +284,180 @@ async fn configure_link(handle: &Handle, plan: &Plan) -> Result<(), BootError> {
     Ok(())
 }
 
+/// Brings up `lo`, then every planned interface, through `nl`.
+async fn configure(nl: &impl Netlink, plans: &[Plan]) -> Result<(), BootError> {
+    let all = nl
+        .links()
+        .await
+        .map_err(link_error("Listing interfaces", "lo"))?;
+    match all.iter().find(|l| l.name == "lo") {
+        Some(lo) => nl
+            .set_up(lo.index)
+            .await
+            .map_err(link_error("Bringing up", "lo"))?,
+        None => crate::error!("no loopback interface lo"),
+    }
+    for plan in plans {
+        configure_link(nl, plan).await?;
+    }
+    Ok(())
+}
+
 pub(super) async fn configure_network(spec: &ContainerSpec) -> Result<(), BootError> {
     // Check the whole spec before changing anything.
     let plans = plan(spec)?;
     let (connection, handle, _) = rtnetlink::new_connection().map_err(BootError::Netlink)?;
     tokio::spawn(connection);
-
-    let lo = handle
-        .link()
-        .get()
-        .match_name("lo".to_owned())
-        .execute()
-        .try_next()
-        .await
-        .map_err(link_error("Looking up", "lo"))?;
-    match lo {
-        Some(lo) => set_up(&handle, lo.header.index, "lo").await?,
-        None => crate::error!("no loopback interface lo"),
-    }
-    for plan in &plans {
-        configure_link(&handle, plan).await?;
-    }
-    Ok(())
+    configure(&RtNetlink(handle), &plans).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proto::v1::Network;
+    use std::sync::Mutex;
+
+    /// Records every request; its links are what it was given, and an
+    /// interface may appear only after some looks.
+    struct Fake {
+        links: Vec<Link>,
+        appears_after: usize,
+        looks: Mutex<usize>,
+        calls: Mutex<Vec<String>>,
+        fail: Option<&'static str>,
+    }
+
+    impl Fake {
+        fn new(links: Vec<Link>) -> Fake {
+            Fake {
+                links,
+                appears_after: 0,
+                looks: Mutex::new(0),
+                calls: Mutex::new(vec![]),
+                fail: None,
+            }
+        }
+
+        fn call(&self, c: String) -> NetlinkResult<()> {
+            let failed = self.fail.is_some_and(|f| c.starts_with(f));
+            self.calls.lock().unwrap().push(c);
+            if failed {
+                return Err(Box::new(std::io::Error::other("refused")));
+            }
+            Ok(())
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Netlink for Fake {
+        async fn links(&self) -> NetlinkResult<Vec<Link>> {
+            let mut looks = self.looks.lock().unwrap();
+            *looks += 1;
+            Ok(self
+                .links
+                .iter()
+                .filter(|l| l.name == "lo" || *looks > self.appears_after)
+                .cloned()
+                .collect())
+        }
+        async fn set_up(&self, index: u32) -> NetlinkResult<()> {
+            self.call(format!("up {index}"))
+        }
+        async fn set_mtu(&self, index: u32, mtu: u32) -> NetlinkResult<()> {
+            self.call(format!("mtu {index} {mtu}"))
+        }
+        async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> NetlinkResult<()> {
+            self.call(format!("addr {index} {ip}/{prefix}"))
+        }
+        async fn add_default_route(&self, index: u32, gateway: IpAddr) -> NetlinkResult<()> {
+            self.call(format!("route {index} via {gateway}"))
+        }
+        async fn pause(&self) {}
+    }
+
+    fn link(index: u32, name: &str, mac: Option<[u8; 6]>) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac,
+        }
+    }
+
+    fn spec_of(nets: Vec<Network>) -> Vec<Plan> {
+        plan(&ContainerSpec {
+            networks: nets,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn net(name: &str, mac: &str, addr: &str, gateway: &str) -> Network {
+        Network {
+            name: name.into(),
+            mac: mac.into(),
+            addresses: vec![addr.into()],
+            gateway: gateway.into(),
+            mtu: 1400,
+        }
+    }
+
+    #[tokio::test]
+    async fn interfaces_are_found_by_mac_and_configured_in_order() {
+        let m1 = [2, 0, 0, 0, 0, 1];
+        let m2 = [2, 0, 0, 0, 0, 2];
+        // Names say nothing: the second network's NIC is eth0.
+        let fake = Fake {
+            appears_after: 3,
+            ..Fake::new(vec![
+                link(1, "lo", None),
+                link(2, "eth0", Some(m2)),
+                link(3, "eth1", Some(m1)),
+            ])
+        };
+        let plans = spec_of(vec![
+            net("front", "02:00:00:00:00:01", "10.0.1.2/24", "10.0.1.1"),
+            net("closed", "02:00:00:00:00:02", "10.0.2.2/24", ""),
+        ]);
+        configure(&fake, &plans).await.unwrap();
+        assert_eq!(
+            fake.calls(),
+            [
+                "up 1",
+                "mtu 3 1400",
+                "addr 3 10.0.1.2/24",
+                "up 3",
+                "route 3 via 10.0.1.1",
+                "mtu 2 1400",
+                "addr 2 10.0.2.2/24",
+                "up 2",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_interface_or_a_refused_request_names_the_network() {
+        let fake = Fake::new(vec![link(1, "lo", None)]);
+        let plans = spec_of(vec![net("front", "02:00:00:00:00:01", "10.0.1.2/24", "")]);
+        let e = configure(&fake, &plans).await.unwrap_err().to_string();
+        assert!(
+            e.contains("front") && e.contains("02:00:00:00:00:01"),
+            "{e}"
+        );
+
+        let fake = Fake {
+            fail: Some("addr"),
+            ..Fake::new(vec![
+                link(1, "lo", None),
+                link(2, "eth0", Some([2, 0, 0, 0, 0, 1])),
+            ])
+        };
+        let e = configure(&fake, &plans).await.unwrap_err().to_string();
+        assert_eq!(e, "Adding address 10.0.1.2/24 on interface eth0");
+        assert!(!fake.calls().iter().any(|c| c.starts_with("route")));
+    }
 
     #[test]
     fn macs() {
