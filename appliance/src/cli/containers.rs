@@ -508,12 +508,13 @@ mod tests {
             &["true"],
         );
         let mut e = endpoint("10.88.1.3/24");
-        e.published.push(appliance::portlayer::model::PublishedPort {
-            host_port: 8080,
-            port: 80,
-            proto: "tcp".into(),
-            ..Default::default()
-        });
+        e.published
+            .push(appliance::portlayer::model::PublishedPort {
+                host_port: 8080,
+                port: 80,
+                proto: "tcp".into(),
+                ..Default::default()
+            });
         b.endpoints.insert("net".into(), e);
         let table = ps_table(&[a, b], now, false);
         let expected = "\

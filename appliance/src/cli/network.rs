@@ -108,7 +108,9 @@ impl JoinFlags {
             .iter()
             .map(|o| {
                 let (constraint, target) = o.split_once(':').ok_or_else(|| {
-                    anyhow::anyhow!("Invalid --outgoing {o:?}: expected allowed:TARGET or denied:TARGET")
+                    anyhow::anyhow!(
+                        "Invalid --outgoing {o:?}: expected allowed:TARGET or denied:TARGET"
+                    )
                 })?;
                 Ok(OutgoingRule {
                     constraint: constraint.into(),
@@ -260,7 +262,11 @@ pub fn addresses(endpoints: &BTreeMap<String, appliance::portlayer::model::Endpo
                 .published
                 .iter()
                 .map(|p| {
-                    let host = if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip };
+                    let host = if p.host_ip.is_empty() {
+                        "0.0.0.0"
+                    } else {
+                        &p.host_ip
+                    };
                     format!("{host}:{}->{}/{}", p.host_port, p.port, p.proto)
                 })
                 .collect();
