@@ -88,6 +88,8 @@ pub struct LocalBackend {
     /// Containers whose disks are booted for a copy right now.
     maintenance: Mutex<HashSet<String>>,
     events: Mutex<Option<Events>>,
+    /// Bridges, taps, rules and name servers of the network component.
+    network: super::network::HostNetwork,
     me: Weak<LocalBackend>,
 }
 
@@ -199,6 +201,7 @@ impl LocalBackend {
             running: Mutex::new(HashMap::new()),
             maintenance: Mutex::new(HashSet::new()),
             events: Mutex::new(None),
+            network: super::network::HostNetwork::new(),
             me: me.clone(),
         })
     }
@@ -877,6 +880,16 @@ impl Backend for LocalBackend {
 
     fn subscribe(&self, events: Events) {
         *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events);
+    }
+
+    async fn apply_network(
+        &self,
+        view: &crate::portlayer::network::NetworkView,
+    ) -> Result<(), BackendError> {
+        self.network
+            .apply(view)
+            .await
+            .map_err(|e| BackendError::failed("network", e))
     }
 }
 
