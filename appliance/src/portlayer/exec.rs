@@ -1605,13 +1605,26 @@ impl PortLayer {
             .remove(&c.id)
             .await
             .map_err(|e| PortError::invalid(&c.id, e.to_string()))?;
+        let networked = c.endpoints.values().any(|e| e.bound);
+        let id = c.id.clone();
         self.off(move |pl| {
             pl.store.delete_container(&c.id, None)?;
             pl.events
                 .emit("exec", "remove", &c.id, &c.labels, json!({}))?;
             Ok(())
         })
-        .await
+        .await?;
+        if networked {
+            // Its taps, rules and names go with it; the container is gone
+            // whatever happens here, and the next apply converges.
+            if let Err(e) = self.apply_network().await {
+                tracing::warn!("container {id}: removing its network devices: {e}");
+                let msg = e.to_string();
+                self.off_quiet(move |pl| pl.record_error("backend", &id, "BACKEND", &msg))
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     /// Has the backend realise every scope and bound endpoint as the store

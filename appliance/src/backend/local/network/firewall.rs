@@ -12,8 +12,10 @@
 //!   of loopback-published connections (their source would be 127.0.0.1)
 //!   and of hairpin connections (a member reaching a peer through a
 //!   published port);
-//! - `forward`: per-endpoint outgoing policy, then: published-port
-//!   connections into a scope pass, anything else new into a scope is
+//! - `forward`: per-endpoint outgoing policy, then: traffic between
+//!   members of one scope passes (hosts with `br_netfilter` send bridged
+//!   frames through here too), published-port connections into a scope
+//!   pass, anything else new into a scope is
 //!   refused (scopes are isolated from each other and from outside), and a
 //!   scope without outgoing traffic (closed) sends nothing out;
 //! - `input`: the scope's name server on its gateway, then the same
@@ -493,6 +495,10 @@ pub fn ruleset(
 
     // Isolation and closed scopes.
     for sc in scopes.iter().filter(|s| s.kind != ScopeKind::External) {
+        // Between members of the scope: where the host passes bridged
+        // frames through these hooks too (br_netfilter), and for routed
+        // hairpins.
+        inet.rule("forward", vec![iif(&sc.bridge), oif(&sc.bridge), accept()]);
         inet.rule(
             "forward",
             vec![oif(&sc.bridge), has(ct("status"), &["dnat"]), accept()],
