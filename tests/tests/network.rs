@@ -109,3 +109,244 @@ fn scopes_endpoints_and_leases_through_the_cli_and_the_guest_gets_its_address() 
         .collect();
     assert_eq!(names, ["bridge"]);
 }
+
+/// The "outside": a namespace joined to the appliance's by a veth, with
+/// TCP servers on 80 and 81 that tell each client the address they see it
+/// from, and a UDP port it can send from.
+const OUTSIDE_SERVER: &str = r#"
+import socket, threading
+def serve(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(16)
+    while True:
+        c, a = s.accept()
+        c.sendall(("you are %s on %d\n" % (a[0], port)).encode())
+        c.close()
+for p in (80, 81):
+    threading.Thread(target=serve, args=(p,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+/// A child process ended (by its PID) when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP client in a namespace: what the server sends first.
+fn tcp_get(ns: &Netns, host: &str, port: u16) -> String {
+    let code = format!(
+        "import socket\ns = socket.create_connection(({host:?}, {port}), 10)\nprint(s.recv(200).decode().strip())"
+    );
+    ns.run_ok(&["python3", "-c", &code]).trim().to_string()
+}
+
+fn udp_send(ns: &Netns, host: &str, port: u16, text: &str) {
+    let code = format!(
+        "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b{text:?}, ({host:?}, {port}))"
+    );
+    ns.run_ok(&["python3", "-c", &code]);
+}
+
+/// busybox nc in container `c` to `target` port: (ok, what it printed or
+/// its error).
+fn nc(s: &Server, c: &str, target: &str, port: u16) -> (bool, String) {
+    let o = s.cli(&[
+        "exec",
+        c,
+        "--",
+        "sh",
+        "-c",
+        &format!("nc -w 10 {target} {port} </dev/null"),
+    ]);
+    (
+        o.status.success(),
+        format!("{}{}", stdout(&o), stderr(&o)).trim().to_string(),
+    )
+}
+
+/// A container that answers "hi-from-NAME" on TCP port 80, on `networks`
+/// (flags for its first one follow).
+fn serving(s: &Server, name: &str, flags: &[&str]) {
+    let script = format!("while true; do echo hi-from-{name} | nc -l -p 80; done");
+    let mut args = vec!["run", "-d", "--name", name];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["busybox", "--", "sh", "-c", &script]);
+    let o = s.cli(&args);
+    assert!(o.status.success(), "run {name}: {}", stderr(&o));
+}
+
+/// The address of a container with one endpoint.
+fn ip_of(s: &Server, c: &str) -> String {
+    let (_, body) = s.http("GET", &format!("/exec/containers/{c}"), None);
+    let v = json(&body);
+    let e = v["endpoints"].as_object().expect("endpoints");
+    let (_, ep) = e.iter().next().expect("one endpoint");
+    let a = ep["address"].as_str().expect("address");
+    a.split('/').next().unwrap_or_default().to_string()
+}
+
+fn links_and_tables(ns: &Netns) -> (Vec<String>, String) {
+    let links = ns
+        .run_ok(&["ip", "-br", "link"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("apt") || n.starts_with("apb-"))
+        .collect();
+    (links, ns.run_ok(&["nft", "list", "tables"]))
+}
+
+#[test]
+fn scopes_connect_isolate_nat_publish_and_police_traffic_and_converge_after_a_crash() {
+    let ns = Netns::new("nat");
+    let out = Netns::new("out");
+    ns.link(&out, ("ext0", "10.99.0.1/24"), ("ext1", "10.99.0.2/24"));
+    let mut outside = Killed(
+        out.command(&["python3", "-u", "-c", OUTSIDE_SERVER])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 in the outside namespace"),
+    );
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(outside.0.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("outside server starts");
+        assert_eq!(line.trim(), "ready");
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    let mut s = Server::start_in(d.path(), &ns);
+    for args in [
+        &["network", "create", "--subnet", "10.77.1.0/24", "front"][..],
+        &["network", "create", "--subnet", "10.77.2.0/24", "other"][..],
+        &[
+            "network", "create", "--kind", "closed", "--subnet", "10.77.3.0/24", "sealed",
+        ][..],
+    ] {
+        let o = s.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    serving(&s, "a", &["--network", "front", "--alias", "api"]);
+    serving(&s, "b", &["--network", "front"]);
+    serving(&s, "c", &["--network", "other"]);
+    serving(
+        &s,
+        "d",
+        &["--network", "bridge", "-p", "8080:80", "-p", "5353:53/udp"],
+    );
+    serving(
+        &s,
+        "e",
+        &["--network", "bridge", "--outgoing", "denied:tcp:10.99.0.2:81"],
+    );
+    serving(
+        &s,
+        "f",
+        &["--network", "bridge", "--outgoing", "allowed:tcp:10.99.0.2/32:80"],
+    );
+    serving(&s, "g", &["--network", "sealed"]);
+    serving(&s, "h", &["--network", "sealed"]);
+
+    // Members of one scope reach each other, by name and alias too, both
+    // ways.
+    assert_eq!(nc(&s, "b", &ip_of(&s, "a"), 80), (true, "hi-from-a".into()));
+    assert_eq!(nc(&s, "b", "a", 80), (true, "hi-from-a".into()));
+    assert_eq!(nc(&s, "b", "api", 80), (true, "hi-from-a".into()));
+    assert_eq!(nc(&s, "a", "b", 80), (true, "hi-from-b".into()));
+    // Another scope's member cannot reach them (refused at once) nor
+    // resolve their names.
+    let (ok, msg) = nc(&s, "c", &ip_of(&s, "a"), 80);
+    assert!(!ok && msg.contains("refused"), "{msg}");
+    let (ok, msg) = nc(&s, "c", "a", 80);
+    assert!(!ok, "{msg}");
+
+    // Out through NAT: the outside sees the host's address.
+    assert_eq!(
+        nc(&s, "b", "10.99.0.2", 81),
+        (true, "you are 10.99.0.1 on 81".into())
+    );
+    // A published port, from the outside and from the host's loopback;
+    // UDP too.
+    assert_eq!(tcp_get(&out, "10.99.0.1", 8080), "hi-from-d");
+    assert_eq!(tcp_get(&ns, "127.0.0.1", 8080), "hi-from-d");
+    let o = s.cli(&[
+        "exec", "d", "--", "sh", "-c", "nc -u -l -p 53 > /tmp/udp &",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut got = String::new();
+    for _ in 0..50 {
+        udp_send(&out, "10.99.0.1", 5353, "ping-udp");
+        got = stdout(&s.cli(&["exec", "d", "--", "cat", "/tmp/udp"]));
+        if got.contains("ping-udp") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(got.contains("ping-udp"), "UDP to the published port: {got:?}");
+
+    // Outgoing policy: a denied target is refused at once (a reset, not a
+    // time-out) while another works; an allowed list refuses the rest.
+    let (ok, msg) = nc(&s, "e", "10.99.0.2", 81);
+    assert!(!ok && msg.contains("refused"), "{msg}");
+    assert_eq!(
+        nc(&s, "e", "10.99.0.2", 80),
+        (true, "you are 10.99.0.1 on 80".into())
+    );
+    assert_eq!(
+        nc(&s, "f", "10.99.0.2", 80),
+        (true, "you are 10.99.0.1 on 80".into())
+    );
+    let (ok, msg) = nc(&s, "f", "10.99.0.2", 81);
+    assert!(!ok && msg.contains("refused"), "{msg}");
+
+    // A closed scope: members talk, nothing goes out.
+    assert_eq!(nc(&s, "g", "h", 80), (true, "hi-from-h".into()));
+    let (ok, msg) = nc(&s, "g", "10.99.0.2", 80);
+    assert!(!ok && msg.contains("refused"), "{msg}");
+
+    // kill -9 of the appliance, and its rules lost: a restart re-adopts
+    // the containers with the same addresses and the rules are back.
+    let before: Vec<String> = ["a", "b", "d", "g"].iter().map(|c| ip_of(&s, c)).collect();
+    s.kill9();
+    ns.run_ok(&["nft", "delete", "table", "inet", "appliance"]);
+    s.restart();
+    let after: Vec<String> = ["a", "b", "d", "g"].iter().map(|c| ip_of(&s, c)).collect();
+    assert_eq!(before, after);
+    assert_eq!(tcp_get(&out, "10.99.0.1", 8080), "hi-from-d");
+    let (ok, msg) = nc(&s, "g", "10.99.0.2", 80);
+    assert!(!ok && msg.contains("refused"), "{msg}");
+    // No address was handed out twice.
+    let mut all: Vec<String> = ["a", "b", "c", "d", "e", "f", "g", "h"]
+        .iter()
+        .map(|c| ip_of(&s, c))
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 8, "{all:?}");
+
+    // Removing everything leaves no tap, bridge or rule.
+    let (links, tables) = links_and_tables(&ns);
+    assert_eq!(links.len(), 8 + 4, "8 taps and 4 bridges: {links:?}");
+    assert!(tables.contains("appliance"), "{tables}");
+    let o = s.cli(&["rm", "-f", "a", "b", "c", "d", "e", "f", "g", "h"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for n in ["front", "other", "sealed"] {
+        let o = s.cli(&["network", "rm", n]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let (links, tables) = links_and_tables(&ns);
+    assert_eq!(links, Vec::<String>::new());
+    assert!(!tables.contains("appliance"), "{tables}");
+    let (_, body) = s.http("GET", "/diagnostics/stats", None);
+    assert!(!body.is_empty());
+}
