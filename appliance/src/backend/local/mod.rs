@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod artifacts;
+pub mod network;
 pub mod nics;
 pub mod qemu;
 pub mod qmp;
