@@ -148,11 +148,33 @@ fn tcp_get(ns: &Netns, host: &str, port: u16) -> String {
     ns.run_ok(&["python3", "-c", &code]).trim().to_string()
 }
 
-fn udp_send(ns: &Netns, host: &str, port: u16, text: &str) {
+/// A UDP exchange from a namespace: the answer to `text` (asked again
+/// for a while, datagrams being datagrams).
+fn udp_ask(ns: &Netns, host: &str, port: u16, text: &str) -> String {
     let code = format!(
-        "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b{text:?}, ({host:?}, {port}))"
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1)\n\
+         for _ in range(20):\n    s.sendto(b{text:?}, ({host:?}, {port}))\n    try:\n        print(s.recv(200).decode()); break\n    except socket.timeout:\n        pass"
     );
-    ns.run_ok(&["python3", "-c", &code]);
+    ns.run_ok(&["python3", "-c", &code]).trim().to_string()
+}
+
+/// The UDP echo server of `tests/assets`, built static into `dir` (busybox
+/// has no UDP server).
+fn udp_echo_binary(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/udp_echo.c");
+    let bin = dir.join("udp_echo");
+    let o = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("cc (gcc) builds the UDP echo server");
+    assert!(
+        o.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    bin
 }
 
 /// busybox nc in container `c` to `target` port: (ok, what it printed or
@@ -230,7 +252,13 @@ fn scopes_connect_isolate_nat_publish_and_police_traffic_and_converge_after_a_cr
         &["network", "create", "--subnet", "10.77.1.0/24", "front"][..],
         &["network", "create", "--subnet", "10.77.2.0/24", "other"][..],
         &[
-            "network", "create", "--kind", "closed", "--subnet", "10.77.3.0/24", "sealed",
+            "network",
+            "create",
+            "--kind",
+            "closed",
+            "--subnet",
+            "10.77.3.0/24",
+            "sealed",
         ][..],
     ] {
         let o = s.cli(args);
@@ -247,12 +275,22 @@ fn scopes_connect_isolate_nat_publish_and_police_traffic_and_converge_after_a_cr
     serving(
         &s,
         "e",
-        &["--network", "bridge", "--outgoing", "denied:tcp:10.99.0.2:81"],
+        &[
+            "--network",
+            "bridge",
+            "--outgoing",
+            "denied:tcp:10.99.0.2:81",
+        ],
     );
     serving(
         &s,
         "f",
-        &["--network", "bridge", "--outgoing", "allowed:tcp:10.99.0.2/32:80"],
+        &[
+            "--network",
+            "bridge",
+            "--outgoing",
+            "allowed:tcp:10.99.0.2/32:80",
+        ],
     );
     serving(&s, "g", &["--network", "sealed"]);
     serving(&s, "h", &["--network", "sealed"]);
@@ -279,20 +317,20 @@ fn scopes_connect_isolate_nat_publish_and_police_traffic_and_converge_after_a_cr
     // UDP too.
     assert_eq!(tcp_get(&out, "10.99.0.1", 8080), "hi-from-d");
     assert_eq!(tcp_get(&ns, "127.0.0.1", 8080), "hi-from-d");
+    let echo = udp_echo_binary(d.path());
+    let o = s.cli(&["cp", echo.to_str().expect("path"), "d:/tmp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = s.cli(&[
-        "exec", "d", "--", "sh", "-c", "nc -u -l -p 53 > /tmp/udp &",
+        "exec",
+        "d",
+        "--",
+        "sh",
+        "-c",
+        "/tmp/udp_echo 53 </dev/null >/dev/null 2>&1 &",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut got = String::new();
-    for _ in 0..50 {
-        udp_send(&out, "10.99.0.1", 5353, "ping-udp");
-        got = stdout(&s.cli(&["exec", "d", "--", "cat", "/tmp/udp"]));
-        if got.contains("ping-udp") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    assert!(got.contains("ping-udp"), "UDP to the published port: {got:?}");
+    assert_eq!(udp_ask(&out, "10.99.0.1", 5353, "ping"), "echo:ping");
+    assert_eq!(udp_ask(&ns, "127.0.0.1", 5353, "pong"), "echo:pong");
 
     // Outgoing policy: a denied target is refused at once (a reset, not a
     // time-out) while another works; an allowed list refuses the rest.
@@ -309,8 +347,23 @@ fn scopes_connect_isolate_nat_publish_and_police_traffic_and_converge_after_a_cr
     let (ok, msg) = nc(&s, "f", "10.99.0.2", 81);
     assert!(!ok && msg.contains("refused"), "{msg}");
 
-    // A closed scope: members talk, nothing goes out.
+    // A closed scope: members talk, nothing goes out: the guest has no
+    // route out, and one it adds itself meets the host's refusal.
     assert_eq!(nc(&s, "g", "h", 80), (true, "hi-from-h".into()));
+    let (ok, msg) = nc(&s, "g", "10.99.0.2", 80);
+    assert!(!ok && msg.contains("unreachable"), "{msg}");
+    let o = s.cli(&[
+        "exec",
+        "g",
+        "--",
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.77.3.1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let (ok, msg) = nc(&s, "g", "10.99.0.2", 80);
     assert!(!ok && msg.contains("refused"), "{msg}");
 

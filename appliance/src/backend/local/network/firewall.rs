@@ -36,15 +36,15 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use nftables::expr::{
-    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload,
-    PayloadField, Prefix,
+    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    Prefix,
 };
 use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Table};
 use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Reject, RejectType, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
 
 use super::{HostEndpoint, HostScope};
-use crate::portlayer::model::{ScopeKind, PublishedPort};
+use crate::portlayer::model::{PublishedPort, ScopeKind};
 
 /// The name of both tables.
 pub const TABLE: &str = "appliance";
@@ -145,10 +145,12 @@ fn meta(key: MetaKey) -> Expression<'static> {
 }
 
 fn field(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: protocol.into(),
-        field: field.into(),
-    })))
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
 }
 
 fn ct(key: &'static str) -> Expression<'static> {
@@ -253,7 +255,11 @@ fn refuse(matches: Vec<Statement<'static>>) -> [Vec<Statement<'static>>; 2] {
 /// What a packet to `t` looks like in the IPv4 header.
 fn target_matches(t: &Target) -> Vec<Statement<'static>> {
     match t {
-        Target::Ip { net: n, proto, port } => {
+        Target::Ip {
+            net: n,
+            proto,
+            port,
+        } => {
             let mut m = vec![is(field("ip", "daddr"), net(*n))];
             if let Some(p) = proto {
                 m.push(is(meta(MetaKey::L4proto), s(*p)));
@@ -298,26 +304,30 @@ impl Chains {
 
     fn base(&mut self, name: &str, ty: NfChainType, hook: NfHook, prio: i32) {
         self.objects
-            .push(NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(Chain {
-                family: self.family,
-                table: TABLE.into(),
-                name: name.to_string().into(),
-                _type: Some(ty),
-                hook: Some(hook),
-                prio: Some(prio),
-                policy: Some(NfChainPolicy::Accept),
-                ..Default::default()
-            }))));
+            .push(NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(
+                Chain {
+                    family: self.family,
+                    table: TABLE.into(),
+                    name: name.to_string().into(),
+                    _type: Some(ty),
+                    hook: Some(hook),
+                    prio: Some(prio),
+                    policy: Some(NfChainPolicy::Accept),
+                    ..Default::default()
+                },
+            ))));
     }
 
     fn regular(&mut self, name: &str) {
         self.objects
-            .push(NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(Chain {
-                family: self.family,
-                table: TABLE.into(),
-                name: name.to_string().into(),
-                ..Default::default()
-            }))));
+            .push(NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(
+                Chain {
+                    family: self.family,
+                    table: TABLE.into(),
+                    name: name.to_string().into(),
+                    ..Default::default()
+                },
+            ))));
     }
 
     fn rule(&mut self, chain: &str, expr: Vec<Statement<'static>>) {
@@ -397,7 +407,13 @@ pub fn ruleset(
             "postrouting",
             vec![
                 oif(&sc.bridge),
-                is(field("ip", "saddr"), net("127.0.0.0/8".parse().unwrap())),
+                is(
+                    field("ip", "saddr"),
+                    Expression::Named(NamedExpression::Prefix(Prefix {
+                        addr: Box::new(s("127.0.0.0")),
+                        len: 8,
+                    })),
+                ),
                 Statement::Masquerade(None),
             ],
         );
@@ -476,10 +492,7 @@ pub fn ruleset(
             for r in refuse(vec![]) {
                 inet.rule(&chain, r);
             }
-            bridge.rule(
-                &chain,
-                vec![is(meta(MetaKey::Protocol), s("ip")), drop()],
-            );
+            bridge.rule(&chain, vec![is(meta(MetaKey::Protocol), s("ip")), drop()]);
         }
         let from = || {
             vec![
@@ -566,7 +579,9 @@ pub fn removal() -> Nftables<'static> {
             name: TABLE.into(),
             handle: None,
         };
-        objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))));
+        objects.push(NfObject::CmdObject(NfCmd::Add(
+            NfListObject::Table(table()),
+        )));
         objects.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(
             table(),
         ))));
@@ -646,8 +661,16 @@ mod tests {
             parse_target("ether:02:AA:bb:cc:dd:ee").unwrap(),
             Target::Ether("02:aa:bb:cc:dd:ee".into())
         );
-        assert!(parse_target("udp:1.2.3.4:0").unwrap_err().contains("not a port"));
-        assert!(parse_target("sctp:1.2.3.4").unwrap_err().contains("unknown kind"));
+        assert!(
+            parse_target("udp:1.2.3.4:0")
+                .unwrap_err()
+                .contains("not a port")
+        );
+        assert!(
+            parse_target("sctp:1.2.3.4")
+                .unwrap_err()
+                .contains("unknown kind")
+        );
         assert!(parse_target("((((").unwrap_err().contains("no kind"));
     }
 
@@ -684,7 +707,12 @@ mod tests {
         let local = r#"{"match":{"left":{"fib":{"result":"type","flags":["daddr"]}},"right":"local","op":"=="}},{"match":{"left":{"meta":{"key":"l4proto"}},"right":"tcp","op":"=="}},{"match":{"left":{"payload":{"protocol":"th","field":"dport"}},"right":8080,"op":"=="}},{"dnat":{"addr":"10.88.1.2","family":"ip","port":80}}"#;
         assert_eq!(j.matches(local).count(), 2, "prerouting and output: {j}");
         assert!(j.contains(r#"{"match":{"left":{"payload":{"protocol":"ip","field":"daddr"}},"right":"192.168.5.5","op":"=="}},{"match":{"left":{"meta":{"key":"l4proto"}},"right":"udp","op":"=="}}"#), "{j}");
-        assert!(j.contains(r#""right":{"prefix":{"addr":"127.0.0.0","len":8}},"op":"=="}},{"masquerade":null}"#), "{j}");
+        assert!(
+            j.contains(
+                r#""right":{"prefix":{"addr":"127.0.0.0","len":8}},"op":"=="}},{"masquerade":null}"#
+            ),
+            "{j}"
+        );
     }
 
     #[test]
@@ -725,12 +753,14 @@ mod tests {
         let reset = format!(
             r#"{from},{{"match":{{"left":{{"meta":{{"key":"l4proto"}}}},"right":"tcp","op":"=="}}}},{{"reject":{{"type":"tcp reset"}}}}"#
         );
-        let icmp =
-            format!(r#"{from},{{"reject":{{"type":"icmpx","expr":"admin-prohibited"}}}}"#);
+        let icmp = format!(r#"{from},{{"reject":{{"type":"icmpx","expr":"admin-prohibited"}}}}"#);
         assert_eq!(j.matches(&reset).count(), 2, "forward and input: {j}");
         assert_eq!(j.matches(&icmp).count(), 2, "{j}");
         let dns = j.find(r#""right":53"#).unwrap();
-        assert!(dns < j.find(&reset).unwrap(), "DNS comes before the refusal");
+        assert!(
+            dns < j.find(&reset).unwrap(),
+            "DNS comes before the refusal"
+        );
     }
 
     #[test]
@@ -751,7 +781,12 @@ mod tests {
         assert!(j.contains(&format!(r#"{chain},"expr":[{{"match":{{"left":{{"payload":{{"protocol":"ip","field":"daddr"}}}},"right":{{"prefix":{{"addr":"10.9.0.0","len":16}}}},"op":"=="}}}},{{"match":{{"left":{{"meta":{{"key":"l4proto"}}}},"right":"tcp","op":"=="}}}},{{"match":{{"left":{{"payload":{{"protocol":"th","field":"dport"}}}},"right":22,"op":"=="}}}},{{"match":{{"left":{{"meta":{{"key":"l4proto"}}}},"right":"tcp","op":"=="}}}},{{"reject":{{"type":"tcp reset"}}}}"#)), "{j}");
         assert!(j.contains(&format!(r#"{chain},"expr":[{{"match":{{"left":{{"payload":{{"protocol":"ip","field":"daddr"}}}},"right":{{"prefix":{{"addr":"10.9.0.0","len":16}}}},"op":"=="}}}},{{"return":null}}]"#)), "{j}");
         // After the list, the rest is refused.
-        assert!(j.contains(&format!(r#"{chain},"expr":[{{"reject":{{"type":"icmpx","expr":"admin-prohibited"}}}}]"#)), "{j}");
+        assert!(
+            j.contains(&format!(
+                r#"{chain},"expr":[{{"reject":{{"type":"icmpx","expr":"admin-prohibited"}}}}]"#
+            )),
+            "{j}"
+        );
         // The endpoint's traffic goes through its chain, routed or bridged.
         assert!(j.contains(r#"{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"10.88.1.2","op":"=="}},{"jump":{"target":"policy-aptc1000000aaaa"}}"#));
         assert!(j.contains(r#"{"match":{"left":{"meta":{"key":"iifname"}},"right":"aptc1000000aaaa","op":"=="}},{"jump":{"target":"policy-aptc1000000aaaa"}}"#));

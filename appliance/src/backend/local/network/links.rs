@@ -111,7 +111,9 @@ impl Op {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("Scope {scope}: host bridge {bridge} does not exist (an external scope joins an existing bridge)")]
+    #[error(
+        "Scope {scope}: host bridge {bridge} does not exist (an external scope joins an existing bridge)"
+    )]
     NoExternalBridge { scope: String, bridge: String },
     #[error("Scope {scope}: host link {bridge} is not a bridge")]
     NotABridge { scope: String, bridge: String },
@@ -506,7 +508,10 @@ fn make_tap(name: &str) -> std::io::Result<()> {
     if name.len() >= libc::IFNAMSIZ {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("tap name {name:?} is longer than {} bytes", libc::IFNAMSIZ - 1),
+            format!(
+                "tap name {name:?} is longer than {} bytes",
+                libc::IFNAMSIZ - 1
+            ),
         ));
     }
     let tun = std::fs::OpenOptions::new()
@@ -541,15 +546,24 @@ pub struct FakeLinks {
 #[async_trait::async_trait]
 impl Links for FakeLinks {
     async fn list(&self) -> Result<Vec<Link>, LinkError> {
-        Ok(self.links.lock().unwrap().clone())
+        Ok(self.links.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     async fn apply(&self, op: &Op) -> Result<(), LinkError> {
-        if self.fail_on.lock().unwrap().as_deref() == Some(op.link()) {
+        if self
+            .fail_on
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            == Some(op.link())
+        {
             return Err(LinkError::op(op, "Operation not permitted"));
         }
-        self.applied.lock().unwrap().push(op.clone());
-        let mut links = self.links.lock().unwrap();
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(op.clone());
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let find = |links: &mut Vec<Link>, name: &str| links.iter().position(|l| l.name == name);
         let missing = || LinkError::op(op, "No such device");
         match op {
@@ -735,7 +749,10 @@ mod tests {
             t.controller = Some("apb-2".into());
             l.push(t);
         }
-        let bridges = [bridge("apb-1", "10.88.1.1/24"), bridge("apb-2", "10.88.2.1/24")];
+        let bridges = [
+            bridge("apb-1", "10.88.1.1/24"),
+            bridge("apb-2", "10.88.2.1/24"),
+        ];
         let taps = [tap("apt00000001aaaa", "apb-1")];
         reconcile(&host, &bridges, &taps).await.unwrap();
         let l = host.links.lock().unwrap();

@@ -10,6 +10,7 @@
 //! state from the view and makes the host agree with it, so it is
 //! idempotent, and a restart (or a crash half-way) converges on the next.
 
+pub mod dns;
 pub mod firewall;
 pub mod links;
 
@@ -66,6 +67,8 @@ pub enum HostNetError {
     Firewall(#[from] firewall::FirewallError),
     #[error("Setting {path}: {message}")]
     Sysctl { path: String, message: String },
+    #[error("Scope {scope}: its name server: {message}")]
+    Dns { scope: String, message: String },
 }
 
 /// What the host must have for `view`.
@@ -176,11 +179,50 @@ pub fn wanted_links(
     (bridges, taps)
 }
 
-/// What one apply found and did, for logs and diagnostics.
+/// The name servers the realised scopes need, keyed by scope: open
+/// scopes' servers forward what they do not know to the host's resolvers,
+/// closed scopes' servers answer their members' names only (a name looked
+/// up outside would be a way out). Members of the default scope do not
+/// resolve each other (as docker's `bridge`): its server only forwards.
+pub fn wanted_dns(
+    scopes: &[HostScope],
+    endpoints: &[HostEndpoint],
+    defaults: &[String],
+) -> (
+    std::collections::BTreeMap<String, dns::ScopeDns>,
+    std::collections::BTreeMap<String, dns::ScopeDns>,
+) {
+    let mut open = std::collections::BTreeMap::new();
+    let mut closed = std::collections::BTreeMap::new();
+    for sc in scopes.iter().filter(|s| s.kind != ScopeKind::External) {
+        let Some(listen) = sc.gateway else { continue };
+        let mut names = dns::Names::new();
+        if !defaults.contains(&sc.name) {
+            for e in endpoints.iter().filter(|e| e.scope == sc.name) {
+                for n in std::iter::once(&e.name).chain(&e.aliases) {
+                    if !n.is_empty() {
+                        names.entry(n.to_lowercase()).or_default().push(e.address);
+                    }
+                }
+            }
+        }
+        let d = dns::ScopeDns { listen, names };
+        if sc.outgoing {
+            open.insert(sc.name.clone(), d);
+        } else {
+            closed.insert(sc.name.clone(), d);
+        }
+    }
+    (open, closed)
+}
+
+/// What earlier applies left, for the next.
 #[derive(Debug, Default)]
 struct Applied {
     /// Whether our nftables tables may exist.
     tables: Option<bool>,
+    /// Name servers of open scopes (forwarding) and of closed ones.
+    dns: Option<(dns::Dns, dns::Dns)>,
 }
 
 /// The host's network, as the local backend realises it. Applies are
@@ -270,6 +312,36 @@ impl HostNetwork {
                 .map_err(|e| firewall::FirewallError::Nft(e.to_string()))??;
         }
         state.tables = Some(!scopes.is_empty());
+
+        let defaults: Vec<String> = view
+            .scopes
+            .iter()
+            .filter(|s| s.default)
+            .map(|s| s.name.clone())
+            .collect();
+        let (open, closed) = wanted_dns(&scopes, &endpoints, &defaults);
+        if state.dns.is_none() {
+            if open.is_empty() && closed.is_empty() {
+                return Ok(());
+            }
+            let conf = tokio::fs::read_to_string("/etc/resolv.conf")
+                .await
+                .unwrap_or_default();
+            let upstream = dns::upstream_from_resolv_conf(&conf);
+            state.dns = Some((dns::Dns::new(upstream), dns::Dns::new(vec![])));
+        }
+        let Some((open_dns, closed_dns)) = state.dns.as_mut() else {
+            return Ok(());
+        };
+        let mut failed = open_dns.apply(open).await;
+        failed.extend(closed_dns.apply(closed).await);
+        if let Some((scope, e)) = failed.into_iter().next() {
+            let mut message = e.to_string();
+            if let Some(src) = std::error::Error::source(&e) {
+                message = format!("{message}: {src}");
+            }
+            return Err(HostNetError::Dns { scope, message });
+        }
         Ok(())
     }
 }
@@ -408,6 +480,44 @@ mod tests {
             e.to_string(),
             "Scope a: address \"10.88.3/24\" is not an IPv4 address"
         );
+    }
+
+    #[test]
+    fn name_servers_answer_members_and_aliases_of_their_scope_only() {
+        let mut a = member("c1aaaaaaaaaa", "a", true, "10.88.3.2/24");
+        a.endpoint.aliases = vec!["API".into()];
+        let view = NetworkView {
+            scopes: vec![
+                scope("a", ScopeKind::Bridge),
+                scope("c", ScopeKind::Closed),
+                Scope {
+                    default: true,
+                    ..scope("bridge", ScopeKind::Bridge)
+                },
+            ],
+            members: vec![
+                a,
+                member("c2bbbbbbbbbb", "c", true, "10.88.3.9/24"),
+                member("c3cccccccccc", "bridge", true, "10.88.3.7/24"),
+            ],
+        };
+        let (scopes, endpoints) = realised(&view).unwrap();
+        let (open, closed) = wanted_dns(&scopes, &endpoints, &["bridge".to_string()]);
+        let ip = |s: &str| vec![s.parse::<Ipv4Addr>().unwrap()];
+        assert_eq!(
+            open["a"].names,
+            dns::Names::from([
+                ("api".to_string(), ip("10.88.3.2")),
+                ("n-c1aaaaaaaaaa".to_string(), ip("10.88.3.2")),
+            ])
+        );
+        assert_eq!(open["a"].listen, Ipv4Addr::new(10, 88, 3, 1));
+        assert!(
+            open["bridge"].names.is_empty(),
+            "the default scope only forwards"
+        );
+        assert_eq!(closed.keys().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(closed["c"].names.len(), 1);
     }
 
     #[tokio::test]
