@@ -403,3 +403,156 @@ fn scopes_connect_isolate_nat_publish_and_police_traffic_and_converge_after_a_cr
     let (_, body) = s.http("GET", "/diagnostics/stats", None);
     assert!(!body.is_empty());
 }
+
+/// The port-layer seed's `AddContainerToNetwork` over raw REST (get a
+/// handle, join, bind, commit) gives the VM a working interface; and the
+/// errors of exhausted ranges and taken host ports name what is at fault.
+#[test]
+fn add_container_to_network_over_rest_gives_a_working_interface_and_errors_name_the_element() {
+    let ns = Netns::new("rest");
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = Server::start_in(d.path(), &ns);
+    let (code, body) = s.http(
+        "POST",
+        "/network/scopes",
+        Some(r#"{"name":"gibson_network","subnet":"10.77.8.0/24"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = s.http(
+        "POST",
+        "/exec/containers",
+        Some(r#"{"name":"cookie_monster","image":"busybox","task":{"args":["sleep","1000"]}}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let created = json(&body);
+    let (code, body) = s.http(
+        "POST",
+        "/exec/commit",
+        Some(&format!(r#"{{"handle":{}}}"#, created["handle"])),
+    );
+    assert_eq!(code, 200, "{body}");
+
+    let (_, body) = s.http("GET", "/exec/containers/cookie_monster/handle", None);
+    let h = json(&body)["handle"].clone();
+    let (code, body) = s.http(
+        "POST",
+        "/network/handles/join",
+        Some(&format!(r#"{{"handle":{h},"scope":"gibson_network"}}"#)),
+    );
+    assert_eq!(code, 200, "{body}");
+    let h = json(&body)["handle"].clone();
+    let (code, body) = s.http(
+        "POST",
+        "/network/handles/bind",
+        Some(&format!(r#"{{"handle":{h},"scope":"gibson_network"}}"#)),
+    );
+    assert_eq!(code, 200, "{body}");
+    let h = json(&body)["handle"].clone();
+    let (code, body) = s.http(
+        "POST",
+        "/exec/handles/state",
+        Some(&format!(r#"{{"handle":{h},"target":"running"}}"#)),
+    );
+    assert_eq!(code, 200, "{body}");
+    let h = json(&body)["handle"].clone();
+    let (code, body) = s.http(
+        "POST",
+        "/exec/commit",
+        Some(&format!(r#"{{"handle":{h}}}"#)),
+    );
+    assert_eq!(code, 200, "{body}");
+    let r = json(&body);
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(
+        r["results"][format!("{id}/network/gibson_network")]["status"],
+        "SUCCESS",
+        "{r}"
+    );
+    let o = s.cli(&["exec", "cookie_monster", "--", "ip", "addr"]);
+    assert!(stdout(&o).contains("inet 10.77.8.2/24"), "{}", stdout(&o));
+    let o = s.cli(&[
+        "exec",
+        "cookie_monster",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "5",
+        "10.77.8.1",
+    ]);
+    assert!(
+        o.status.success(),
+        "the gateway answers: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // An exhausted range names the scope; a taken host port names its
+    // holder. (Created only: no VM needed.)
+    let o = s.cli(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.77.9.0/24",
+        "--ip-range",
+        "10.77.9.4/31",
+        "tiny",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for n in ["t1", "t2"] {
+        let o = s.cli(&[
+            "create",
+            "--name",
+            n,
+            "--network",
+            "tiny",
+            "busybox",
+            "true",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = s.cli(&[
+        "create",
+        "--name",
+        "t3",
+        "--network",
+        "tiny",
+        "busybox",
+        "true",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("tiny"), "{}", stderr(&o));
+    let o = s.cli(&[
+        "create",
+        "--name",
+        "p1",
+        "--network",
+        "bridge",
+        "-p",
+        "9090:80",
+        "busybox",
+        "true",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.cli(&[
+        "create",
+        "--name",
+        "p2",
+        "--network",
+        "bridge",
+        "-p",
+        "9090:80",
+        "busybox",
+        "true",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("p1"), "{}", stderr(&o));
+    let o = s.cli(&["ps", "-a", "-q"]);
+    let ids = stdout(&o);
+    assert_eq!(
+        ids.lines().count(),
+        4,
+        "refused creations leave nothing: {ids}"
+    );
+}
