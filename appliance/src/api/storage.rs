@@ -626,6 +626,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
+    use serde_json::json;
 
     use super::super::testutil::Harness;
 
@@ -653,6 +654,143 @@ mod tests {
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// Names, paths and references the caller gives are refused with a 400
+    /// naming the field, before anything is made or fetched.
+    #[tokio::test]
+    async fn bad_names_paths_and_references_are_400_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::with_storage(dir.path());
+        let inside = dir.path().join("new-store");
+        let inside = inside.to_string_lossy();
+        let cases = [
+            (
+                "/storage/image-stores",
+                json!({"name": "f", "path": "/etc/passwd"}),
+                "path",
+                "path: \"/etc/passwd\" is not a directory",
+            ),
+            (
+                "/storage/image-stores",
+                json!({"name": "f", "path": "/etc/passwd/x"}),
+                "path",
+                "path: \"/etc/passwd/x\" is not a directory",
+            ),
+            (
+                "/storage/image-stores",
+                json!({"name": "f", "path": "relative"}),
+                "path",
+                "path: \"relative\" is not a valid store path",
+            ),
+            (
+                "/storage/volume-stores",
+                json!({"name": "f", "path": "/srv/../etc"}),
+                "path",
+                "path: \"/srv/../etc\" is not a valid store path",
+            ),
+            (
+                "/storage/volume-stores",
+                json!({"name": "../../etc", "path": inside}),
+                "name",
+                "name: \"../../etc\" is not a valid store name",
+            ),
+            (
+                "/storage/image-stores",
+                json!({"name": "", "path": inside}),
+                "name",
+                "name: \"\" is not a valid store name",
+            ),
+            (
+                "/storage/volumes",
+                json!({"name": "../../x"}),
+                "name",
+                "name: \"../../x\" is not a valid volume name",
+            ),
+            (
+                "/storage/volumes",
+                json!({"name": "v", "labels": {"a\nb": ""}}),
+                "labels",
+                "labels: \"a\\nb\" is not a valid label key",
+            ),
+            (
+                "/storage/images/tag",
+                json!({"image": "busybox", "name": "../../etc:x"}),
+                "name",
+                "name: \"../../etc:x\" is not a valid image reference",
+            ),
+            (
+                "/storage/images/pull?wait=true",
+                json!({"reference": "../../etc"}),
+                "reference",
+                "reference: \"../../etc\" is not a valid image reference",
+            ),
+        ];
+        for (uri, body, element, starts) in cases {
+            let (status, e) = h.call("POST", uri, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {body}: {e}");
+            assert_eq!(e["code"], "INVALID_ARGUMENT", "{e}");
+            assert_eq!(e["element"], element, "{uri} {body}: {e}");
+            let msg = e["message"].as_str().unwrap();
+            assert!(msg.starts_with(starts), "{uri} {body}: {msg}");
+        }
+        // Nothing was made for the refused store.
+        assert!(!dir.path().join("new-store").exists());
+        let (status, stores) = h.call("GET", "/storage/volume-stores", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(stores.as_array().unwrap().len(), 1, "{stores}");
+        // A good one is made.
+        let (status, e) = h
+            .call(
+                "POST",
+                "/storage/image-stores",
+                Some(json!({"name": "fast", "path": inside})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{e}");
+    }
+
+    /// An upload that is not an image archive is the client's fault: a 400
+    /// naming the archive, not a 502 as if a registry had failed.
+    #[tokio::test]
+    async fn importing_what_is_not_an_image_archive_is_400() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::with_storage(dir.path());
+        let not_tar = b"this is not a tar archive\n".repeat(100);
+        // An escaping member, in an otherwise good tar.
+        let escaping = raw_tar(b"../../etc/passwd", b"x");
+        for (body, says) in [
+            (not_tar, "Reading the archive"),
+            (escaping, "escapes the archive"),
+        ] {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/storage/images/import")
+                .header("content-type", "application/x-tar")
+                .body(Body::from(body))
+                .unwrap();
+            let resp = h.send(req).await;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+            assert_eq!(e["code"], "INVALID_ARGUMENT", "{e}");
+            assert_eq!(e["element"], "archive", "{e}");
+            let msg = e["message"].as_str().unwrap();
+            assert!(
+                msg.starts_with("The archive is not an image archive that can be imported: ")
+                    && msg.contains(says),
+                "{msg}"
+            );
+        }
+        let (status, e) = h
+            .call("POST", "/storage/images/import?tag=../../etc", None)
+            .await;
+        assert_eq!(
+            (status, e["element"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("tag")),
+            "{e}"
+        );
     }
 
     #[tokio::test]
