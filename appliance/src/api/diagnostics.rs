@@ -35,6 +35,7 @@ pub fn routes() -> Router<ApiState> {
 /// Which part of the appliance's own log to return.
 #[derive(Deserialize, Debug, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// The last N lines (default 200).
     pub tail: Option<usize>,

@@ -286,6 +286,7 @@ pub struct Container {
 pub struct Created {
     pub id: String,
     /// Commit it to create the container.
+    #[schema(min_length = 1)]
     pub handle: String,
 }
 
@@ -293,12 +294,14 @@ pub struct Created {
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandleBody {
+    #[schema(min_length = 1)]
     pub handle: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskJoinRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     /// The task to add; `id` and `args` are required.
     pub task: Task,
@@ -307,6 +310,7 @@ pub struct TaskJoinRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     /// The task id.
     pub task: String,
@@ -338,6 +342,7 @@ impl From<TargetState> for model::TargetState {
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     pub target: TargetState,
 }
@@ -345,6 +350,7 @@ pub struct StateRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     pub name: String,
 }
@@ -372,6 +378,7 @@ pub struct CommitResult {
     /// The container's version after the commit.
     pub version: u64,
     /// A fresh handle on the committed container.
+    #[schema(min_length = 1)]
     pub handle: String,
     /// Per element id (the container id, or `<container>/task/<task>`).
     pub results: BTreeMap<String, ElementResult>,

@@ -126,6 +126,7 @@ pub async fn remove_scope(
 #[derive(Serialize, Deserialize, Clone, Debug, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct JoinRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     pub scope: String,
     /// Names other members resolve to it, besides its name.
@@ -178,6 +179,7 @@ pub async fn join(
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     pub scope: String,
 }

@@ -174,6 +174,7 @@ pub struct TagRequest {
     request_body = TagRequest,
     responses(
         (status = 200, description = "The image, with its names", body = Image),
+        (status = 400, description = "The name is not an image reference, or is a digest (INVALID_ARGUMENT)", body = ErrorBody),
         (status = 404, description = "No such image (NOT_FOUND)", body = ErrorBody),
     )
 )]
@@ -216,6 +217,7 @@ pub struct PullQuery {
     request_body = PullSpec,
     responses(
         (status = 200, description = "Progress lines then `done` or `error` (or, with wait, the image)", body = PullEnd),
+        (status = 400, description = "The reference is not one, or the store name is bad (INVALID_ARGUMENT), before anything is fetched", body = ErrorBody),
         (status = 404, description = "With wait: no such image or tag (NOT_FOUND)", body = ErrorBody),
         (status = 502, description = "With wait: the registry failed, or the content is bad (IMAGE_SOURCE)", body = ErrorBody),
         (status = 507, description = "With wait: the store is full (NO_SPACE)", body = ErrorBody),
@@ -227,9 +229,8 @@ pub async fn pull(
     JsonBody(spec): JsonBody<PullSpec>,
 ) -> Result<Response, ApiError> {
     let st = storage(&s)?;
-    if spec.reference.is_empty() {
-        return Err(ApiError::invalid("reference", "A reference is required"));
-    }
+    // A bad request is a 400 before the stream starts, not a line in it.
+    st.check_pull(&spec)?;
     if q.wait {
         let img = st.pull(&spec, &|_| {}).await?;
         return Ok(axum::Json(img).into_response());
@@ -278,10 +279,11 @@ pub struct ImportQuery {
 #[utoipa::path(
     post, path = "/storage/images/import", tag = "storage", operation_id = "storage_import",
     params(ImportQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    request_body(content = super::openapi::Tar, content_type = "application/x-tar"),
     responses(
         (status = 200, description = "The images imported", body = Vec<Image>),
-        (status = 502, description = "Bad archive: an escaping entry, a digest mismatch (IMAGE_SOURCE)", body = ErrorBody),
+        (status = 400, description = "Not an image archive (not a tar, no manifest) or a bad one (an escaping entry, a digest mismatch): INVALID_ARGUMENT, element `archive`; or a bad `tag` (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 404, description = "No such image store (NOT_FOUND)", body = ErrorBody),
         (status = 507, description = "The store is full (NO_SPACE)", body = ErrorBody),
     )
 )]
@@ -346,6 +348,7 @@ pub async fn image_stores(
     request_body = StoreRequest,
     responses(
         (status = 201, description = "Added (or already there with this path)"),
+        (status = 400, description = "A bad name or path, or the path is not a directory (INVALID_ARGUMENT)", body = ErrorBody),
         (status = 409, description = "The name is taken by another path (CONFLICT)", body = ErrorBody),
     )
 )]
@@ -378,6 +381,7 @@ pub async fn volume_stores(
     request_body = StoreRequest,
     responses(
         (status = 201, description = "Added (or already there with this path)"),
+        (status = 400, description = "A bad name or path, or the path is not a directory (INVALID_ARGUMENT)", body = ErrorBody),
         (status = 409, description = "The name is taken by another path (CONFLICT)", body = ErrorBody),
     )
 )]
@@ -468,6 +472,7 @@ pub async fn remove_volume(
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeJoinRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     /// The volume's name.
     pub volume: String,
@@ -510,6 +515,7 @@ pub async fn volume_join(
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeLeaveRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     /// The path the volume is mounted at.
     pub path: String,
@@ -549,7 +555,7 @@ pub struct ArchiveQuery {
     get, path = "/storage/archive/{id}", tag = "storage", operation_id = "storage_archive_get",
     params(("id" = String, Path, description = "Container id, unique id prefix or name"), ArchiveQuery),
     responses(
-        (status = 200, description = "The tar stream", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 200, description = "The tar stream", content_type = "application/x-tar", body = super::openapi::Tar),
         (status = 400, description = "Bad path, paused container, or the path does not exist (INVALID_ARGUMENT)", body = ErrorBody),
         (status = 404, description = "No such container (NOT_FOUND)", body = ErrorBody),
     )
@@ -583,7 +589,7 @@ pub async fn archive_get(
 #[utoipa::path(
     put, path = "/storage/archive/{id}", tag = "storage", operation_id = "storage_archive_put",
     params(("id" = String, Path, description = "Container id, unique id prefix or name"), ArchiveQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    request_body(content = super::openapi::Tar, content_type = "application/x-tar"),
     responses(
         (status = 200, description = "What was written", body = ArchiveSummary),
         (status = 400, description = "Bad path or archive: not a directory, an escaping entry (INVALID_ARGUMENT)", body = ErrorBody),
@@ -724,6 +730,19 @@ mod tests {
                 json!({"reference": "../../etc"}),
                 "reference",
                 "reference: \"../../etc\" is not a valid image reference",
+            ),
+            // Streaming too: refused before the stream starts.
+            (
+                "/storage/images/pull",
+                json!({"reference": "../../etc"}),
+                "reference",
+                "reference: \"../../etc\" is not a valid image reference",
+            ),
+            (
+                "/storage/images/pull",
+                json!({"reference": ""}),
+                "reference",
+                "reference: An image reference is required",
             ),
         ];
         for (uri, body, element, starts) in cases {

@@ -450,16 +450,23 @@ impl Storage {
         Ok(dir.path.join(img.disk))
     }
 
+    /// Checks what a pull asks for, before anything is fetched: the
+    /// normalized reference.
+    pub fn check_pull(&self, spec: &PullSpec) -> Result<String, StorageError> {
+        let reference = validate::image_reference("reference", &spec.reference)?;
+        if !spec.store.is_empty() {
+            validate::store_name("store", &spec.store)?;
+        }
+        Ok(reference)
+    }
+
     /// Pulls an image from its registry into a store.
     pub async fn pull(
         self: &Arc<Self>,
         spec: &PullSpec,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<Image, StorageError> {
-        let reference = validate::image_reference("reference", &spec.reference)?;
-        if !spec.store.is_empty() {
-            validate::store_name("store", &spec.store)?;
-        }
+        let reference = self.check_pull(spec)?;
         let (dir, blobs) = {
             let (me, name) = (self.clone(), spec.store.clone());
             tokio::task::spawn_blocking(move || {
