@@ -219,6 +219,7 @@ pub async fn operation(
     responses(
         (status = 202, description = "Cancellation requested; the operation as it is now", body = Operation),
         (status = 404, description = "No such operation (NOT_FOUND)", body = ErrorBody),
+        (status = 409, description = "The operation has already finished (CONFLICT)", body = ErrorBody),
     )
 )]
 pub async fn cancel_operation(

@@ -155,6 +155,7 @@ fn store_parts(e: &StoreError) -> (ErrorCode, String, Option<u64>) {
         StoreError::Ambiguous { prefix, .. } => (ErrorCode::InvalidArgument, prefix.clone(), None),
         StoreError::Invalid { what, .. } => (ErrorCode::InvalidArgument, (*what).into(), None),
         StoreError::Overlap { with, .. } => (ErrorCode::Conflict, with.clone(), None),
+        StoreError::PathTaken { by, .. } => (ErrorCode::Conflict, by.clone(), None),
         StoreError::Exhausted { scope, .. } => (ErrorCode::Exhausted, scope.clone(), None),
         StoreError::SchemaTooNew { .. }
         | StoreError::Dir { .. }

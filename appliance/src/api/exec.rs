@@ -29,8 +29,9 @@ use crate::store::{ErrorRecord, now_ms};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Task {
-    /// Unique within the container; the primary task's id is the
-    /// container's id (set by the port layer).
+    /// Unique within the container (letters, digits, `_`, `.`, `-`); the
+    /// primary task's id is the container's id (set by the port layer).
+    #[schema(pattern = "^([a-zA-Z0-9][a-zA-Z0-9_.-]*)?$", max_length = 128)]
     pub id: String,
     /// argv; `args[0]` is looked up in PATH.
     pub args: Vec<String>,
@@ -151,12 +152,27 @@ impl From<model::Container> for Container {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CreateSpec {
+    /// Letters, digits, `_`, `.` and `-`, starting with a letter or digit
+    /// (docker's rule); empty: the first 12 digits of the id.
+    #[schema(pattern = "^([a-zA-Z0-9][a-zA-Z0-9_.-]*)?$", max_length = 128)]
     pub name: String,
-    /// Required.
+    /// Required: an image's id, id prefix or reference.
+    #[schema(example = "busybox")]
     pub image: String,
+    /// An RFC 1123 host name; empty: the first 12 digits of the id.
+    #[schema(
+        pattern = "^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*)?$",
+        max_length = 253
+    )]
     pub hostname: String,
+    /// MiB: 64 to 1 TiB; 0: 256.
+    #[schema(maximum = 1048576)]
     pub memory_mib: u32,
+    /// 1 to 128; 0: 1.
+    #[schema(maximum = 128)]
     pub cpus: u32,
+    /// 1 to 64; 0: 15 (SIGTERM).
+    #[schema(minimum = 0, maximum = 64)]
     pub stop_signal: i32,
     pub stop_timeout_seconds: u32,
     pub labels: BTreeMap<String, String>,
@@ -352,6 +368,8 @@ pub struct StateRequest {
 pub struct RenameRequest {
     #[schema(min_length = 1)]
     pub handle: String,
+    /// As a container's name at creation.
+    #[schema(pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", max_length = 128)]
     pub name: String,
 }
 
@@ -445,6 +463,7 @@ pub struct SignalRequest {
     #[serde(default)]
     pub task: Option<String>,
     /// A signal number, 1 to 64.
+    #[schema(minimum = 1, maximum = 64)]
     pub signal: i32,
 }
 
@@ -480,6 +499,7 @@ pub fn routes() -> Router<ApiState> {
     responses(
         (status = 201, description = "A handle for the new container", body = Created),
         (status = 400, description = "Invalid spec or policy (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 404, description = "No such image, or no such volume to mount (NOT_FOUND)", body = ErrorBody),
     )
 )]
 pub async fn create(

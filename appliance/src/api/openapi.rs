@@ -265,6 +265,125 @@ mod tests {
         assert_eq!(handle["minLength"], 1, "{handle}");
     }
 
+    /// The rules the document gives for names and numbers are the port
+    /// layer's (`portlayer::validate`): a value fits the schema exactly
+    /// when the port layer takes it.
+    #[test]
+    fn documented_rules_are_the_port_layers() {
+        use crate::portlayer::validate;
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let long = "a".repeat(129);
+        let label63 = "a".repeat(63);
+        let label64 = "a".repeat(64);
+        let names = [
+            "web",
+            "a",
+            "0",
+            "Web_1.a-b",
+            "../../etc",
+            "a/b",
+            "..",
+            ".",
+            "-x",
+            "_x",
+            "a b",
+            "a\nb",
+            "a\u{1b}b",
+            "é",
+            "",
+            &long,
+        ];
+        let hosts = [
+            "h1",
+            "web.example.com",
+            "a-b.c",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a.",
+            "a_b",
+            "h1\n6.6.6.6",
+            &label63,
+            &label64,
+            "",
+        ];
+        type Rule = fn(&str) -> bool;
+        let cases: [(&str, &str, Rule, &[&str]); 7] = [
+            (
+                "CreateSpec",
+                "name",
+                |v| v.is_empty() || validate::container_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "RenameRequest",
+                "name",
+                |v| validate::container_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "VolumeSpec",
+                "name",
+                |v| v.is_empty() || validate::volume_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "StoreRequest",
+                "name",
+                |v| validate::store_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "ScopeSpec",
+                "name",
+                |v| validate::scope_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "Task",
+                "id",
+                |v| v.is_empty() || validate::task_id("", v).is_ok(),
+                &names,
+            ),
+            (
+                "CreateSpec",
+                "hostname",
+                |v| v.is_empty() || validate::hostname("", v).is_ok(),
+                &hosts,
+            ),
+        ];
+        for (schema, field, rule, samples) in cases {
+            let prop = &schemas[schema]["properties"][field];
+            let pattern = prop["pattern"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{schema}.{field} has no pattern: {prop}"));
+            let re = regex::Regex::new(pattern).unwrap();
+            let max = prop["maxLength"].as_u64().unwrap_or(u64::MAX);
+            for v in samples {
+                let fits = re.is_match(v) && v.chars().count() as u64 <= max;
+                assert_eq!(
+                    fits,
+                    rule(v),
+                    "{schema}.{field} = {v:?} (pattern {pattern})"
+                );
+            }
+        }
+        let spec = &schemas["CreateSpec"]["properties"];
+        assert_eq!(spec["memory_mib"]["maximum"], validate::MEMORY_MIB_MAX);
+        assert_eq!(spec["cpus"]["maximum"], validate::CPUS_MAX);
+        assert_eq!(spec["stop_signal"]["maximum"], validate::SIGNAL_MAX);
+        assert_eq!(spec["stop_signal"]["minimum"], 0);
+        let signal = &schemas["SignalRequest"]["properties"]["signal"];
+        assert_eq!(
+            (signal["minimum"].as_i64(), signal["maximum"].as_i64()),
+            (Some(1), Some(64))
+        );
+        let path = &schemas["StoreRequest"]["properties"]["path"];
+        assert_eq!(path["pattern"], "^/", "{path}");
+    }
+
     #[test]
     fn components_keep_one_name_across_routes_and_tags() {
         let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();

@@ -163,8 +163,10 @@ pub async fn remove_image(
 #[serde(deny_unknown_fields)]
 pub struct TagRequest {
     /// The image: id, id prefix or reference.
+    #[schema(example = "busybox")]
     pub image: String,
     /// The new name ("repo:tag"; moved from any image that has it).
+    #[schema(example = "app:v1")]
     pub name: String,
 }
 
@@ -324,8 +326,12 @@ where
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreRequest {
+    /// Letters, digits, `_`, `.` and `-`, starting with a letter or digit.
+    #[schema(pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", max_length = 64)]
     pub name: String,
-    /// An absolute directory on the appliance's host (made if missing).
+    /// An absolute directory on the appliance's host (made if missing),
+    /// with no `.`, `..` or empty parts.
+    #[schema(pattern = "^/", max_length = 4096)]
     pub path: String,
 }
 
@@ -349,7 +355,7 @@ pub async fn image_stores(
     responses(
         (status = 201, description = "Added (or already there with this path)"),
         (status = 400, description = "A bad name or path, or the path is not a directory (INVALID_ARGUMENT)", body = ErrorBody),
-        (status = 409, description = "The name is taken by another path (CONFLICT)", body = ErrorBody),
+        (status = 409, description = "The name is taken by another path, or the path by another store, named in `element` (CONFLICT)", body = ErrorBody),
     )
 )]
 pub async fn add_image_store(
@@ -382,7 +388,7 @@ pub async fn volume_stores(
     responses(
         (status = 201, description = "Added (or already there with this path)"),
         (status = 400, description = "A bad name or path, or the path is not a directory (INVALID_ARGUMENT)", body = ErrorBody),
-        (status = 409, description = "The name is taken by another path (CONFLICT)", body = ErrorBody),
+        (status = 409, description = "The name is taken by another path, or the path by another store, named in `element` (CONFLICT)", body = ErrorBody),
     )
 )]
 pub async fn add_volume_store(
@@ -419,6 +425,7 @@ pub async fn list_volumes(
     responses(
         (status = 201, description = "The volume", body = Volume),
         (status = 400, description = "Bad name or size (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 404, description = "No such volume store (NOT_FOUND)", body = ErrorBody),
         (status = 409, description = "The name is taken (CONFLICT)", body = ErrorBody),
         (status = 507, description = "The store is full (NO_SPACE)", body = ErrorBody),
     )
@@ -767,6 +774,20 @@ mod tests {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{e}");
+        // Its directory under another name: a conflict naming the store.
+        let (status, e) = h
+            .call(
+                "POST",
+                "/storage/image-stores",
+                Some(json!({"name": "quick", "path": inside})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{e}");
+        assert_eq!(
+            (e["code"].as_str(), e["element"].as_str()),
+            (Some("CONFLICT"), Some("fast")),
+            "{e}"
+        );
     }
 
     /// An upload that is not an image archive is the client's fault: a 400

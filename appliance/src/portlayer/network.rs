@@ -82,6 +82,8 @@ impl NetworkError {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScopeSpec {
+    /// Letters, digits, `_`, `.` and `-`, starting with a letter or digit.
+    #[schema(pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", max_length = 64)]
     pub name: String,
     pub kind: ScopeKind,
     /// CIDR; default: the next free /24 of 10.88.0.0/16.

@@ -123,6 +123,7 @@ impl StorageError {
                 | StoreError::InUse { id, .. },
             ) => id.clone(),
             StorageError::Store(StoreError::Ambiguous { prefix, .. }) => prefix.clone(),
+            StorageError::Store(StoreError::PathTaken { by, .. }) => by.clone(),
             StorageError::Invalid { element, .. } => element.clone(),
             StorageError::Fetch { reference, .. } => reference.clone(),
             StorageError::Build { image, .. } => image.clone(),
@@ -210,7 +211,9 @@ pub struct PullSpec {
 #[derive(serde::Deserialize, serde::Serialize, Clone, Debug, Default, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct VolumeSpec {
-    /// Unique; a random one if empty.
+    /// Unique: letters, digits, `_`, `.` and `-`, starting with a letter or
+    /// digit; a random one if empty.
+    #[schema(pattern = "^([a-zA-Z0-9][a-zA-Z0-9_.-]*)?$", max_length = 128)]
     pub name: String,
     /// The volume store to put it in; "default" if empty.
     pub store: String,
