@@ -24,8 +24,9 @@ pub fn appliance_bin() -> PathBuf {
 /// The longest any one CLI command of a test may take (`timeout`'s form).
 const CLI_TIMEOUT: &str = "600";
 
-/// `appliance serve` on `state`, its output appended to `serve.log`.
-fn spawn_serve(state: &Path, netns: Option<&str>) -> Child {
+/// `appliance serve` on `state` with `extra` arguments, its output
+/// appended to `serve.log`.
+fn spawn_serve(state: &Path, netns: Option<&str>, extra: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -43,6 +44,7 @@ fn spawn_serve(state: &Path, netns: Option<&str>) -> Child {
     cmd.arg("--state")
         .arg(state)
         .arg("serve")
+        .args(extra)
         .env("APPLIANCE_ACCEL", "tcg")
         .env(
             "APPLIANCE_BOOT_DIR",
@@ -60,27 +62,39 @@ pub struct Server {
     child: Option<Child>,
     /// The network namespace it runs in, if not the test's own.
     netns: Option<String>,
+    /// Arguments to `serve` beyond the state directory.
+    extra: Vec<String>,
 }
 
 impl Server {
     /// Starts a server on `state` and waits until its socket answers.
     pub fn start(state: &Path) -> Server {
-        let s = Server {
-            state: state.to_path_buf(),
-            child: Some(spawn_serve(state, None)),
-            netns: None,
-        };
-        s.wait_up();
-        s
+        Server::start_with(state, None, &[])
     }
 
     /// Starts a server inside the network namespace `netns` (so that the
     /// bridges, taps and rules it makes live there).
     pub fn start_in(state: &Path, netns: &crate::netns::Netns) -> Server {
+        Server::start_with(state, Some(netns), &[])
+    }
+
+    /// Starts a server (in `netns`, if given) that also serves plain HTTP
+    /// on the loopback address `addr` (`serve --tcp`).
+    pub fn start_tcp(
+        state: &Path,
+        netns: Option<&crate::netns::Netns>,
+        addr: std::net::SocketAddr,
+    ) -> Server {
+        Server::start_with(state, netns, &["--tcp".into(), addr.to_string()])
+    }
+
+    fn start_with(state: &Path, netns: Option<&crate::netns::Netns>, extra: &[String]) -> Server {
+        let netns = netns.map(|n| n.name.clone());
         let s = Server {
             state: state.to_path_buf(),
-            child: Some(spawn_serve(state, Some(&netns.name))),
-            netns: Some(netns.name.clone()),
+            child: Some(spawn_serve(state, netns.as_deref(), extra)),
+            netns,
+            extra: extra.to_vec(),
         };
         s.wait_up();
         s
@@ -90,7 +104,7 @@ impl Server {
     /// [`Server::kill9`]): it re-adopts the running VMs.
     pub fn restart(&mut self) {
         self.kill9();
-        self.child = Some(spawn_serve(&self.state, self.netns.as_deref()));
+        self.child = Some(spawn_serve(&self.state, self.netns.as_deref(), &self.extra));
         self.wait_up();
     }
 

@@ -35,6 +35,7 @@ pub fn routes() -> Router<ApiState> {
 /// Which part of the appliance's own log to return.
 #[derive(Deserialize, Debug, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// The last N lines (default 200).
     pub tail: Option<usize>,
@@ -218,6 +219,7 @@ pub async fn operation(
     responses(
         (status = 202, description = "Cancellation requested; the operation as it is now", body = Operation),
         (status = 404, description = "No such operation (NOT_FOUND)", body = ErrorBody),
+        (status = 409, description = "The operation has already finished (CONFLICT)", body = ErrorBody),
     )
 )]
 pub async fn cancel_operation(

@@ -30,7 +30,9 @@ pub enum ErrorCode {
     /// (`current_version` says what it is now), or it already exists.
     Conflict,
     /// 400: the request is malformed or asks for something impossible
-    /// (invalid field, filter or policy).
+    /// (invalid field, name, number, path, filter or policy; an image
+    /// reference that is not one; an uploaded archive that is not a good
+    /// image archive). `element` names the field.
     InvalidArgument,
     /// 400: the handle is malformed, forged or issued under another key.
     BadHandle,
@@ -46,9 +48,10 @@ pub enum ErrorCode {
     Exhausted,
     /// 507: the store ran out of space; nothing was recorded.
     NoSpace,
-    /// 502: a registry failed or refused (the message says what it said);
-    /// also bad image content (digest mismatch, malformed manifest, an
-    /// archive entry that would escape).
+    /// 502: a registry failed or refused (the message says what it said),
+    /// or what it sent is bad (digest mismatch, malformed manifest, a layer
+    /// entry that would escape). Content a client uploads is its own:
+    /// `INVALID_ARGUMENT`.
     ImageSource,
     /// 500: the appliance failed; the message says where.
     Internal,
@@ -152,6 +155,7 @@ fn store_parts(e: &StoreError) -> (ErrorCode, String, Option<u64>) {
         StoreError::Ambiguous { prefix, .. } => (ErrorCode::InvalidArgument, prefix.clone(), None),
         StoreError::Invalid { what, .. } => (ErrorCode::InvalidArgument, (*what).into(), None),
         StoreError::Overlap { with, .. } => (ErrorCode::Conflict, with.clone(), None),
+        StoreError::PathTaken { by, .. } => (ErrorCode::Conflict, by.clone(), None),
         StoreError::Exhausted { scope, .. } => (ErrorCode::Exhausted, scope.clone(), None),
         StoreError::SchemaTooNew { .. }
         | StoreError::Dir { .. }
@@ -223,7 +227,9 @@ impl From<NetworkError> for ApiError {
 fn storage_parts(e: &StorageError) -> (ErrorCode, String, Option<u64>) {
     match e {
         StorageError::Store(s) => store_parts(s),
-        StorageError::Invalid { .. } => (ErrorCode::InvalidArgument, e.element(), None),
+        StorageError::Invalid { .. } | StorageError::BadArchive { .. } => {
+            (ErrorCode::InvalidArgument, e.element(), None)
+        }
         StorageError::Filter(_) => (ErrorCode::InvalidArgument, "filter".into(), None),
         StorageError::NoSpace { .. } | StorageError::TooBig { .. } => {
             (ErrorCode::NoSpace, e.element(), None)

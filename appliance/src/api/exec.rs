@@ -29,8 +29,9 @@ use crate::store::{ErrorRecord, now_ms};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Task {
-    /// Unique within the container; the primary task's id is the
-    /// container's id (set by the port layer).
+    /// Unique within the container (letters, digits, `_`, `.`, `-`); the
+    /// primary task's id is the container's id (set by the port layer).
+    #[schema(pattern = "^([a-zA-Z0-9][a-zA-Z0-9_.-]*)?$", max_length = 128)]
     pub id: String,
     /// argv; `args[0]` is looked up in PATH.
     pub args: Vec<String>,
@@ -151,12 +152,27 @@ impl From<model::Container> for Container {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CreateSpec {
+    /// Letters, digits, `_`, `.` and `-`, starting with a letter or digit
+    /// (docker's rule); empty: the first 12 digits of the id.
+    #[schema(pattern = "^([a-zA-Z0-9][a-zA-Z0-9_.-]*)?$", max_length = 128)]
     pub name: String,
-    /// Required.
+    /// Required: an image's id, id prefix or reference.
+    #[schema(example = "busybox")]
     pub image: String,
+    /// An RFC 1123 host name; empty: the first 12 digits of the id.
+    #[schema(
+        pattern = "^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*)?$",
+        max_length = 253
+    )]
     pub hostname: String,
+    /// MiB: 64 to 1 TiB; 0: 256.
+    #[schema(maximum = 1048576)]
     pub memory_mib: u32,
+    /// 1 to 128; 0: 1.
+    #[schema(maximum = 128)]
     pub cpus: u32,
+    /// 1 to 64; 0: 15 (SIGTERM).
+    #[schema(minimum = 0, maximum = 64)]
     pub stop_signal: i32,
     pub stop_timeout_seconds: u32,
     pub labels: BTreeMap<String, String>,
@@ -286,6 +302,7 @@ pub struct Container {
 pub struct Created {
     pub id: String,
     /// Commit it to create the container.
+    #[schema(min_length = 1)]
     pub handle: String,
 }
 
@@ -293,12 +310,14 @@ pub struct Created {
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandleBody {
+    #[schema(min_length = 1)]
     pub handle: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskJoinRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     /// The task to add; `id` and `args` are required.
     pub task: Task,
@@ -307,6 +326,7 @@ pub struct TaskJoinRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     /// The task id.
     pub task: String,
@@ -338,6 +358,7 @@ impl From<TargetState> for model::TargetState {
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     pub target: TargetState,
 }
@@ -345,7 +366,10 @@ pub struct StateRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
+    /// As a container's name at creation.
+    #[schema(pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", max_length = 128)]
     pub name: String,
 }
 
@@ -372,6 +396,7 @@ pub struct CommitResult {
     /// The container's version after the commit.
     pub version: u64,
     /// A fresh handle on the committed container.
+    #[schema(min_length = 1)]
     pub handle: String,
     /// Per element id (the container id, or `<container>/task/<task>`).
     pub results: BTreeMap<String, ElementResult>,
@@ -438,6 +463,7 @@ pub struct SignalRequest {
     #[serde(default)]
     pub task: Option<String>,
     /// A signal number, 1 to 64.
+    #[schema(minimum = 1, maximum = 64)]
     pub signal: i32,
 }
 
@@ -473,6 +499,7 @@ pub fn routes() -> Router<ApiState> {
     responses(
         (status = 201, description = "A handle for the new container", body = Created),
         (status = 400, description = "Invalid spec or policy (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 404, description = "No such image, or no such volume to mount (NOT_FOUND)", body = ErrorBody),
     )
 )]
 pub async fn create(
@@ -739,12 +766,6 @@ pub async fn signal(
     PathArgs(id): PathArgs<String>,
     JsonBody(r): JsonBody<SignalRequest>,
 ) -> Result<StatusCode, ApiError> {
-    if !(1..=64).contains(&r.signal) {
-        return Err(ApiError::invalid(
-            "signal",
-            format!("Signal {} is not between 1 and 64", r.signal),
-        ));
-    }
     s.pl.signal(&id, r.task.as_deref(), r.signal).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1246,6 +1267,197 @@ mod tests {
             .call("DELETE", &format!("/exec/containers/{id}"), None)
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// Every value of a creation the caller names is checked at the port
+    /// layer's edge: a 400 in the API's error shape naming the field.
+    #[tokio::test]
+    async fn invalid_names_and_values_are_400_naming_the_field() {
+        let h = Harness::new();
+        let long = "a".repeat(5000);
+        let base = || json!({"image": "busybox", "task": {"args": ["sh"]}});
+        let with = |field: &str, v: Value| {
+            let mut b = base();
+            b[field] = v;
+            b
+        };
+        let cases: Vec<(Value, &str, String)> = vec![
+            (
+                with("name", json!("../../etc")),
+                "name",
+                "name: \"../../etc\" is not a valid container name: ".into(),
+            ),
+            (
+                with("name", json!("a/b")),
+                "name",
+                "name: \"a/b\" is not a valid container name".into(),
+            ),
+            (
+                with("name", json!("..")),
+                "name",
+                "name: \"..\" is not a valid container name".into(),
+            ),
+            (
+                with("name", json!(".")),
+                "name",
+                "name: \".\" is not a valid container name".into(),
+            ),
+            (with("name", json!(long)), "name", "name: \"aaaa".into()),
+            (
+                with("name", json!("a\nb")),
+                "name",
+                "name: \"a\\nb\" is not a valid container name".into(),
+            ),
+            (
+                with("name", json!("a\u{0}b")),
+                "name",
+                "name: \"a\\0b\" is not a valid container name".into(),
+            ),
+            (
+                with("name", json!("a\u{1b}[2Jb")),
+                "name",
+                "name: \"a\\u{1b}[2Jb\" is not a valid container name".into(),
+            ),
+            (
+                with("hostname", json!("h1\n6.6.6.6 evil.example")),
+                "hostname",
+                "hostname: \"h1\\n6.6.6.6 evil.example\" is not a valid hostname (RFC 1123)".into(),
+            ),
+            (
+                with("memory_mib", json!(2147483647)),
+                "memory_mib",
+                "memory_mib: 2147483647 MiB is not between".into(),
+            ),
+            (
+                with("cpus", json!(100000)),
+                "cpus",
+                "cpus: 100000 CPUs is more than 128".into(),
+            ),
+            (
+                with("stop_signal", json!(999)),
+                "stop_signal",
+                "stop_signal: Signal 999 is not between 1 and 64".into(),
+            ),
+            (
+                with("stop_signal", json!(-1)),
+                "stop_signal",
+                "stop_signal: Signal -1 is not between 1 and 64".into(),
+            ),
+            (
+                with(
+                    "policies",
+                    json!([{"constraint": "anti-affinity", "filter": "(((("}]),
+                ),
+                "policies[0]",
+                "policies[0]: Invalid filter: ".into(),
+            ),
+            (
+                with("labels", json!({"../../x": "1"})),
+                "labels",
+                "labels: \"../../x\" is not a valid label key".into(),
+            ),
+            (
+                with("labels", json!({"a\nb": "1"})),
+                "labels",
+                "labels: \"a\\nb\" is not a valid label key".into(),
+            ),
+            (
+                with("labels", json!({"": "1"})),
+                "labels",
+                "labels: \"\" is not a valid label key".into(),
+            ),
+            (
+                with("task", json!({"args": ["sh"], "env": ["A=1", "=x"]})),
+                "task.env[1]",
+                "task.env[1]: \"=x\" is not an environment entry".into(),
+            ),
+            (
+                with("task", json!({"args": ["sh"], "env": ["\u{0}"]})),
+                "task.env[0]",
+                "task.env[0]: \"\\0\" contains a NUL character".into(),
+            ),
+            (
+                with("task", json!({"args": ["sh", "a\u{0}"]})),
+                "task.args[1]",
+                "task.args[1]: ".into(),
+            ),
+        ];
+        for (body, element, starts) in cases {
+            let (status, e) = h.call("POST", "/exec/containers", Some(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {e}");
+            assert_eq!(e["code"], "INVALID_ARGUMENT", "{e}");
+            assert_eq!(e["element"], element, "{body}: {e}");
+            let msg = e["message"].as_str().unwrap();
+            assert!(msg.starts_with(&starts), "{body}: {msg}");
+            assert!(!msg.contains(['\n', '\0', '\u{1b}']), "{msg}");
+        }
+        // Good values at the bounds are taken.
+        let (status, created) = h
+            .call(
+                "POST",
+                "/exec/containers",
+                Some(json!({
+                    "name": "Web_1.a-b", "hostname": "web.example.com", "image": "busybox",
+                    "memory_mib": 64, "cpus": 128, "stop_signal": 64,
+                    "labels": {"com.example/tier": "db"},
+                    "policies": [{"constraint": "anti-affinity", "filter": "name=db,label.tier=db"}],
+                    "task": {"args": ["sh"], "env": ["A=", "B=c=d"]}
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+
+        // Rename and task-join take the same rules.
+        let id = h.create("web").await;
+        let (_, hd) = h
+            .call("GET", &format!("/exec/containers/{id}/handle"), None)
+            .await;
+        for bad in ["../../etc", "a/b", "..", ".", "a\nb", "-x", ""] {
+            let (status, e) = h
+                .call(
+                    "POST",
+                    "/exec/handles/rename",
+                    Some(json!({"handle": hd["handle"], "name": bad})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {e}");
+            assert_eq!(e["element"], "name", "{e}");
+            assert!(
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("is not a valid container name"),
+                "{e}"
+            );
+        }
+        for (task, element) in [
+            (json!({"id": "../x", "args": ["sh"]}), "task.id"),
+            (
+                json!({"id": "t1", "args": ["sh"], "env": ["=x"]}),
+                "task.env[0]",
+            ),
+        ] {
+            let (status, e) = h
+                .call(
+                    "POST",
+                    "/exec/handles/task-join",
+                    Some(json!({"handle": hd["handle"], "task": task})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+            assert_eq!(e["element"], element, "{e}");
+        }
+        let (status, e) = h
+            .call(
+                "POST",
+                &format!("/exec/containers/{id}/signal"),
+                Some(json!({"signal": -1})),
+            )
+            .await;
+        assert_eq!(
+            (status, &e["element"]),
+            (StatusCode::BAD_REQUEST, &json!("signal"))
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! `events`, `diagnostics`, `kv`), each owning its routes under `/<component>` and the
 //! OpenAPI tag of that name; `openapi` generates the document from them.
 //! `error` gives every failure one JSON shape, `extract` parses requests so
-//! that their rejections take it too, `time` reads and prints times.
+//! that their rejections take it too, `malformed` gives it to the requests
+//! hyper refuses before routing, `time` reads and prints times.
 //!
 //! This module owns the router, its shared state and the listeners. It must
 //! not hold any port layer logic: handlers translate HTTP to `PortLayer`
@@ -25,6 +26,7 @@ pub mod exec;
 pub mod extract;
 pub mod interaction;
 pub mod kv;
+pub mod malformed;
 pub mod network;
 pub mod openapi;
 pub mod storage;
@@ -152,7 +154,7 @@ pub async fn serve_unix_until(
     path: &Path,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = bind_unix(path)?;
+    let listener = malformed::Listener(bind_unix(path)?);
     let r = axum::serve(listener, router)
         .with_graceful_shutdown(stop)
         .await;
@@ -212,7 +214,7 @@ pub async fn serve_tcp_listener(
             tracing::warn!(
                 "serving the port layer API on {addr} as plain HTTP without authentication: any local user can use it"
             );
-            axum::serve(listener, router).await
+            axum::serve(malformed::Listener(listener), router).await
         }
     }
 }
@@ -244,6 +246,62 @@ mod tests {
         let (status, body) = h.call("PATCH", "/exec/commit", None).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body["code"], "METHOD_NOT_ALLOWED");
+    }
+
+    /// A request line hyper cannot parse (here an unencoded `>` in the
+    /// query, as a shell or a hand-written client sends it) never reaches
+    /// the router; it still gets the API's JSON error body, on every
+    /// listener.
+    #[tokio::test]
+    async fn requests_hyper_refuses_get_the_json_error_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let h = Harness::new();
+        let unix = {
+            let (router, path) = (h.router.clone(), path.clone());
+            tokio::spawn(async move { serve_unix(router, &path).await })
+        };
+        let tcp = bind_tcp("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let tcp = tokio::spawn(serve_tcp_listener(h.router.clone(), tcp, None));
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let raw = "GET /exec/containers?filter=a>b HTTP/1.1\r\nHost: appliance\r\nConnection: close\r\n\r\n";
+        let over_tcp = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(raw.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let tcp_text = over_tcp.await;
+        let (head, tcp_body) = tcp_text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 "), "{tcp_text}");
+        let (status, unix_body) = unix_get(&path, "/exec/containers?filter=a>b").await;
+        assert_eq!(status, 400);
+        for body in [tcp_body, unix_body.as_str()] {
+            let e: serde_json::Value = serde_json::from_str(body)
+                .unwrap_or_else(|err| panic!("not JSON ({err}): {body:?}"));
+            assert_eq!(e["code"], "INVALID_ARGUMENT", "{e}");
+            assert_eq!(e["element"], "request", "{e}");
+            let msg = e["message"].as_str().unwrap();
+            assert!(msg.contains("percent-encode"), "{msg}");
+        }
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        // A well-formed request on a fresh connection is served as ever.
+        let (status, _) = unix_get(&path, "/exec/containers?filter=name%3Da").await;
+        assert_eq!(status, 200);
+        unix.abort();
+        tcp.abort();
     }
 
     #[tokio::test]

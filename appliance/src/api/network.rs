@@ -126,6 +126,7 @@ pub async fn remove_scope(
 #[derive(Serialize, Deserialize, Clone, Debug, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct JoinRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     pub scope: String,
     /// Names other members resolve to it, besides its name.
@@ -178,6 +179,7 @@ pub async fn join(
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     pub scope: String,
 }
@@ -244,6 +246,84 @@ mod tests {
 
     use super::super::testutil::*;
     use axum::http::StatusCode;
+
+    /// Scope names and aliases follow the container-name rule; labels and
+    /// a host bridge's name have theirs.
+    #[tokio::test]
+    async fn bad_scope_names_and_aliases_are_400_naming_the_field() {
+        let h = Harness::new();
+        for (body, element, says) in [
+            (
+                json!({"name": "../../x"}),
+                "name",
+                "name: \"../../x\" is not a valid scope name",
+            ),
+            (
+                json!({"name": "-x"}),
+                "name",
+                "name: \"-x\" is not a valid scope name",
+            ),
+            (
+                json!({"name": "_x"}),
+                "name",
+                "name: \"_x\" is not a valid scope name",
+            ),
+            (
+                json!({"name": "a\nb"}),
+                "name",
+                "name: \"a\\nb\" is not a valid scope name",
+            ),
+            (
+                json!({"name": "n", "labels": {"../x": ""}}),
+                "labels",
+                "labels: \"../x\" is not a valid label key",
+            ),
+            (
+                json!({"name": "n", "kind": "external", "bridge": "br0 x"}),
+                "bridge",
+                "bridge: \"br0 x\" is not a network interface name",
+            ),
+        ] {
+            let (st, e) = h.call("POST", "/network/scopes", Some(body.clone())).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {e}");
+            assert_eq!(e["element"], element, "{body}: {e}");
+            assert!(e["message"].as_str().unwrap().starts_with(says), "{e}");
+        }
+        let (st, e) = h
+            .call("POST", "/network/scopes", Some(json!({"name": "n1"})))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{e}");
+        let id = h.create("web").await;
+        let (_, hc) = h
+            .call("GET", &format!("/exec/containers/{id}/handle"), None)
+            .await;
+        for bad in ["_a", "a b", "a\n6.6.6.6", "../x"] {
+            let (st, e) = h
+                .call(
+                    "POST",
+                    "/network/handles/join",
+                    Some(json!({"handle": hc["handle"], "scope": "n1", "aliases": ["db", bad]})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{bad:?}: {e}");
+            assert_eq!(e["element"], "aliases[1]", "{e}");
+            assert!(
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("is not a valid network alias"),
+                "{e}"
+            );
+        }
+        let (st, e) = h
+            .call(
+                "POST",
+                "/network/handles/join",
+                Some(json!({"handle": hc["handle"], "scope": "n1", "aliases": ["db", "db.local", "Web-1"]})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{e}");
+    }
 
     /// The port-layer seed's `AddContainerToNetwork`, over REST: get a
     /// handle on the container, join the network, bind, commit.

@@ -11,7 +11,8 @@ use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use utoipa::OpenApi;
+use utoipa::openapi::{Content, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::{ErrorBody, ErrorCode};
 use super::{ApiState, diagnostics, events, exec, interaction, kv, network, storage};
@@ -100,7 +101,9 @@ free address), `INTERNAL` (500)."
         events::Event,
         events::EventFormat,
         crate::portlayer::storage::PullEvent,
+        Tar,
     )),
+    modifiers(&MalformedRequests),
     tags(
         (name = "exec", description = "Containers and their tasks, handles, composition and Commit."),
         (name = "storage", description = "Image stores and images, volume stores and volumes, volume joins."),
@@ -113,6 +116,54 @@ free address), `INTERNAL` (500)."
     )
 )]
 pub struct ApiDoc;
+
+/// A tar stream (`application/x-tar`), uncompressed or gzipped: the body
+/// of an import or a copy into a container, the answer of a copy out.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Tar(#[allow(dead_code)] Vec<u8>);
+
+/// Any operation that takes parameters or a body can be sent them
+/// malformed (a field of the wrong type, a number out of range, an unknown
+/// query parameter, a body that is not JSON): a 400 `INVALID_ARGUMENT`
+/// naming the field, which every such operation documents.
+struct MalformedRequests;
+
+impl Modify for MalformedRequests {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let takes_input = op.request_body.is_some()
+                    || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                if takes_input {
+                    op.responses
+                        .responses
+                        .entry("400".into())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(
+                                    "Malformed request: a parameter or field of the wrong type \
+                                     or out of range, or an unknown one (INVALID_ARGUMENT)",
+                                )
+                                .content(
+                                    "application/json",
+                                    Content::new(Some(Ref::from_schema_name("Error"))),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
+    }
+}
 
 /// The document as pretty JSON, ending with a newline.
 pub fn openapi_json() -> String {
@@ -159,6 +210,178 @@ mod tests {
     #[ignore = "rewrites appliance/openapi.json"]
     fn update_openapi() {
         std::fs::write(COPY, openapi_json()).unwrap();
+    }
+
+    /// What the server does and the document says agree where schemathesis
+    /// found them apart.
+    #[test]
+    fn the_document_says_what_the_server_does() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        // Any operation that takes input can be sent it malformed: a 400.
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                let takes_input = op.get("requestBody").is_some()
+                    || op["parameters"].as_array().is_some_and(|p| !p.is_empty());
+                if takes_input {
+                    assert!(
+                        op["responses"].get("400").is_some(),
+                        "{method} {path} takes input but documents no 400"
+                    );
+                }
+                // Every parameter in the path is in the path.
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["in"] == "path" {
+                        let name = p["name"].as_str().unwrap();
+                        assert!(
+                            path.contains(&format!("{{{name}}}")),
+                            "{method} {path}: path parameter {name} is not in the path"
+                        );
+                    }
+                }
+            }
+        }
+        let kv_delete = &doc["paths"]["/kv/{key}"]["delete"]["responses"];
+        assert!(kv_delete.get("400").is_some(), "{kv_delete}");
+        // The archive bodies are binary.
+        for (path, method) in [
+            ("/storage/images/import", "post"),
+            ("/storage/archive/{id}", "put"),
+        ] {
+            let schema = &doc["paths"][path][method]["requestBody"]["content"]["application/x-tar"]
+                ["schema"];
+            let schema = match schema.get("$ref").and_then(|r| r.as_str()) {
+                Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+                None => schema,
+            };
+            assert_eq!(
+                (schema["type"].as_str(), schema["format"].as_str()),
+                (Some("string"), Some("binary")),
+                "{path}: {schema}"
+            );
+        }
+        // A handle is never empty.
+        let handle = &doc["components"]["schemas"]["HandleBody"]["properties"]["handle"];
+        assert_eq!(handle["minLength"], 1, "{handle}");
+    }
+
+    /// The rules the document gives for names and numbers are the port
+    /// layer's (`portlayer::validate`): a value fits the schema exactly
+    /// when the port layer takes it.
+    #[test]
+    fn documented_rules_are_the_port_layers() {
+        use crate::portlayer::validate;
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let long = "a".repeat(129);
+        let label63 = "a".repeat(63);
+        let label64 = "a".repeat(64);
+        let names = [
+            "web",
+            "a",
+            "0",
+            "Web_1.a-b",
+            "../../etc",
+            "a/b",
+            "..",
+            ".",
+            "-x",
+            "_x",
+            "a b",
+            "a\nb",
+            "a\u{1b}b",
+            "é",
+            "",
+            &long,
+        ];
+        let hosts = [
+            "h1",
+            "web.example.com",
+            "a-b.c",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a.",
+            "a_b",
+            "h1\n6.6.6.6",
+            &label63,
+            &label64,
+            "",
+        ];
+        type Rule = fn(&str) -> bool;
+        let cases: [(&str, &str, Rule, &[&str]); 7] = [
+            (
+                "CreateSpec",
+                "name",
+                |v| v.is_empty() || validate::container_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "RenameRequest",
+                "name",
+                |v| validate::container_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "VolumeSpec",
+                "name",
+                |v| v.is_empty() || validate::volume_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "StoreRequest",
+                "name",
+                |v| validate::store_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "ScopeSpec",
+                "name",
+                |v| validate::scope_name("", v).is_ok(),
+                &names,
+            ),
+            (
+                "Task",
+                "id",
+                |v| v.is_empty() || validate::task_id("", v).is_ok(),
+                &names,
+            ),
+            (
+                "CreateSpec",
+                "hostname",
+                |v| v.is_empty() || validate::hostname("", v).is_ok(),
+                &hosts,
+            ),
+        ];
+        for (schema, field, rule, samples) in cases {
+            let prop = &schemas[schema]["properties"][field];
+            let pattern = prop["pattern"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{schema}.{field} has no pattern: {prop}"));
+            let re = regex::Regex::new(pattern).unwrap();
+            let max = prop["maxLength"].as_u64().unwrap_or(u64::MAX);
+            for v in samples {
+                let fits = re.is_match(v) && v.chars().count() as u64 <= max;
+                assert_eq!(
+                    fits,
+                    rule(v),
+                    "{schema}.{field} = {v:?} (pattern {pattern})"
+                );
+            }
+        }
+        let spec = &schemas["CreateSpec"]["properties"];
+        assert_eq!(spec["memory_mib"]["maximum"], validate::MEMORY_MIB_MAX);
+        assert_eq!(spec["cpus"]["maximum"], validate::CPUS_MAX);
+        assert_eq!(spec["stop_signal"]["maximum"], validate::SIGNAL_MAX);
+        assert_eq!(spec["stop_signal"]["minimum"], 0);
+        let signal = &schemas["SignalRequest"]["properties"]["signal"];
+        assert_eq!(
+            (signal["minimum"].as_i64(), signal["maximum"].as_i64()),
+            (Some(1), Some(64))
+        );
+        let path = &schemas["StoreRequest"]["properties"]["path"];
+        assert_eq!(path["pattern"], "^/", "{path}");
     }
 
     #[test]

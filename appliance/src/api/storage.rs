@@ -163,8 +163,10 @@ pub async fn remove_image(
 #[serde(deny_unknown_fields)]
 pub struct TagRequest {
     /// The image: id, id prefix or reference.
+    #[schema(example = "busybox")]
     pub image: String,
     /// The new name ("repo:tag"; moved from any image that has it).
+    #[schema(example = "app:v1")]
     pub name: String,
 }
 
@@ -174,6 +176,7 @@ pub struct TagRequest {
     request_body = TagRequest,
     responses(
         (status = 200, description = "The image, with its names", body = Image),
+        (status = 400, description = "The name is not an image reference, or is a digest (INVALID_ARGUMENT)", body = ErrorBody),
         (status = 404, description = "No such image (NOT_FOUND)", body = ErrorBody),
     )
 )]
@@ -216,6 +219,7 @@ pub struct PullQuery {
     request_body = PullSpec,
     responses(
         (status = 200, description = "Progress lines then `done` or `error` (or, with wait, the image)", body = PullEnd),
+        (status = 400, description = "The reference is not one, or the store name is bad (INVALID_ARGUMENT), before anything is fetched", body = ErrorBody),
         (status = 404, description = "With wait: no such image or tag (NOT_FOUND)", body = ErrorBody),
         (status = 502, description = "With wait: the registry failed, or the content is bad (IMAGE_SOURCE)", body = ErrorBody),
         (status = 507, description = "With wait: the store is full (NO_SPACE)", body = ErrorBody),
@@ -227,9 +231,8 @@ pub async fn pull(
     JsonBody(spec): JsonBody<PullSpec>,
 ) -> Result<Response, ApiError> {
     let st = storage(&s)?;
-    if spec.reference.is_empty() {
-        return Err(ApiError::invalid("reference", "A reference is required"));
-    }
+    // A bad request is a 400 before the stream starts, not a line in it.
+    st.check_pull(&spec)?;
     if q.wait {
         let img = st.pull(&spec, &|_| {}).await?;
         return Ok(axum::Json(img).into_response());
@@ -278,10 +281,11 @@ pub struct ImportQuery {
 #[utoipa::path(
     post, path = "/storage/images/import", tag = "storage", operation_id = "storage_import",
     params(ImportQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    request_body(content = super::openapi::Tar, content_type = "application/x-tar"),
     responses(
         (status = 200, description = "The images imported", body = Vec<Image>),
-        (status = 502, description = "Bad archive: an escaping entry, a digest mismatch (IMAGE_SOURCE)", body = ErrorBody),
+        (status = 400, description = "Not an image archive (not a tar, no manifest) or a bad one (an escaping entry, a digest mismatch): INVALID_ARGUMENT, element `archive`; or a bad `tag` (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 404, description = "No such image store (NOT_FOUND)", body = ErrorBody),
         (status = 507, description = "The store is full (NO_SPACE)", body = ErrorBody),
     )
 )]
@@ -322,8 +326,12 @@ where
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreRequest {
+    /// Letters, digits, `_`, `.` and `-`, starting with a letter or digit.
+    #[schema(pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", max_length = 64)]
     pub name: String,
-    /// An absolute directory on the appliance's host (made if missing).
+    /// An absolute directory on the appliance's host (made if missing),
+    /// with no `.`, `..` or empty parts.
+    #[schema(pattern = "^/", max_length = 4096)]
     pub path: String,
 }
 
@@ -346,7 +354,8 @@ pub async fn image_stores(
     request_body = StoreRequest,
     responses(
         (status = 201, description = "Added (or already there with this path)"),
-        (status = 409, description = "The name is taken by another path (CONFLICT)", body = ErrorBody),
+        (status = 400, description = "A bad name or path, or the path is not a directory (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 409, description = "The name is taken by another path, or the path by another store, named in `element` (CONFLICT)", body = ErrorBody),
     )
 )]
 pub async fn add_image_store(
@@ -378,7 +387,8 @@ pub async fn volume_stores(
     request_body = StoreRequest,
     responses(
         (status = 201, description = "Added (or already there with this path)"),
-        (status = 409, description = "The name is taken by another path (CONFLICT)", body = ErrorBody),
+        (status = 400, description = "A bad name or path, or the path is not a directory (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 409, description = "The name is taken by another path, or the path by another store, named in `element` (CONFLICT)", body = ErrorBody),
     )
 )]
 pub async fn add_volume_store(
@@ -415,6 +425,7 @@ pub async fn list_volumes(
     responses(
         (status = 201, description = "The volume", body = Volume),
         (status = 400, description = "Bad name or size (INVALID_ARGUMENT)", body = ErrorBody),
+        (status = 404, description = "No such volume store (NOT_FOUND)", body = ErrorBody),
         (status = 409, description = "The name is taken (CONFLICT)", body = ErrorBody),
         (status = 507, description = "The store is full (NO_SPACE)", body = ErrorBody),
     )
@@ -468,6 +479,7 @@ pub async fn remove_volume(
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeJoinRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     /// The volume's name.
     pub volume: String,
@@ -510,6 +522,7 @@ pub async fn volume_join(
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeLeaveRequest {
+    #[schema(min_length = 1)]
     pub handle: String,
     /// The path the volume is mounted at.
     pub path: String,
@@ -549,7 +562,7 @@ pub struct ArchiveQuery {
     get, path = "/storage/archive/{id}", tag = "storage", operation_id = "storage_archive_get",
     params(("id" = String, Path, description = "Container id, unique id prefix or name"), ArchiveQuery),
     responses(
-        (status = 200, description = "The tar stream", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 200, description = "The tar stream", content_type = "application/x-tar", body = super::openapi::Tar),
         (status = 400, description = "Bad path, paused container, or the path does not exist (INVALID_ARGUMENT)", body = ErrorBody),
         (status = 404, description = "No such container (NOT_FOUND)", body = ErrorBody),
     )
@@ -583,7 +596,7 @@ pub async fn archive_get(
 #[utoipa::path(
     put, path = "/storage/archive/{id}", tag = "storage", operation_id = "storage_archive_put",
     params(("id" = String, Path, description = "Container id, unique id prefix or name"), ArchiveQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    request_body(content = super::openapi::Tar, content_type = "application/x-tar"),
     responses(
         (status = 200, description = "What was written", body = ArchiveSummary),
         (status = 400, description = "Bad path or archive: not a directory, an escaping entry (INVALID_ARGUMENT)", body = ErrorBody),
@@ -626,6 +639,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
+    use serde_json::json;
 
     use super::super::testutil::Harness;
 
@@ -653,6 +667,170 @@ mod tests {
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// Names, paths and references the caller gives are refused with a 400
+    /// naming the field, before anything is made or fetched.
+    #[tokio::test]
+    async fn bad_names_paths_and_references_are_400_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::with_storage(dir.path());
+        let inside = dir.path().join("new-store");
+        let inside = inside.to_string_lossy();
+        let cases = [
+            (
+                "/storage/image-stores",
+                json!({"name": "f", "path": "/etc/passwd"}),
+                "path",
+                "path: \"/etc/passwd\" is not a directory",
+            ),
+            (
+                "/storage/image-stores",
+                json!({"name": "f", "path": "/etc/passwd/x"}),
+                "path",
+                "path: \"/etc/passwd/x\" is not a directory",
+            ),
+            (
+                "/storage/image-stores",
+                json!({"name": "f", "path": "relative"}),
+                "path",
+                "path: \"relative\" is not a valid store path",
+            ),
+            (
+                "/storage/volume-stores",
+                json!({"name": "f", "path": "/srv/../etc"}),
+                "path",
+                "path: \"/srv/../etc\" is not a valid store path",
+            ),
+            (
+                "/storage/volume-stores",
+                json!({"name": "../../etc", "path": inside}),
+                "name",
+                "name: \"../../etc\" is not a valid store name",
+            ),
+            (
+                "/storage/image-stores",
+                json!({"name": "", "path": inside}),
+                "name",
+                "name: \"\" is not a valid store name",
+            ),
+            (
+                "/storage/volumes",
+                json!({"name": "../../x"}),
+                "name",
+                "name: \"../../x\" is not a valid volume name",
+            ),
+            (
+                "/storage/volumes",
+                json!({"name": "v", "labels": {"a\nb": ""}}),
+                "labels",
+                "labels: \"a\\nb\" is not a valid label key",
+            ),
+            (
+                "/storage/images/tag",
+                json!({"image": "busybox", "name": "../../etc:x"}),
+                "name",
+                "name: \"../../etc:x\" is not a valid image reference",
+            ),
+            (
+                "/storage/images/pull?wait=true",
+                json!({"reference": "../../etc"}),
+                "reference",
+                "reference: \"../../etc\" is not a valid image reference",
+            ),
+            // Streaming too: refused before the stream starts.
+            (
+                "/storage/images/pull",
+                json!({"reference": "../../etc"}),
+                "reference",
+                "reference: \"../../etc\" is not a valid image reference",
+            ),
+            (
+                "/storage/images/pull",
+                json!({"reference": ""}),
+                "reference",
+                "reference: An image reference is required",
+            ),
+        ];
+        for (uri, body, element, starts) in cases {
+            let (status, e) = h.call("POST", uri, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {body}: {e}");
+            assert_eq!(e["code"], "INVALID_ARGUMENT", "{e}");
+            assert_eq!(e["element"], element, "{uri} {body}: {e}");
+            let msg = e["message"].as_str().unwrap();
+            assert!(msg.starts_with(starts), "{uri} {body}: {msg}");
+        }
+        // Nothing was made for the refused store.
+        assert!(!dir.path().join("new-store").exists());
+        let (status, stores) = h.call("GET", "/storage/volume-stores", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(stores.as_array().unwrap().len(), 1, "{stores}");
+        // A good one is made.
+        let (status, e) = h
+            .call(
+                "POST",
+                "/storage/image-stores",
+                Some(json!({"name": "fast", "path": inside})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{e}");
+        // Its directory under another name: a conflict naming the store.
+        let (status, e) = h
+            .call(
+                "POST",
+                "/storage/image-stores",
+                Some(json!({"name": "quick", "path": inside})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{e}");
+        assert_eq!(
+            (e["code"].as_str(), e["element"].as_str()),
+            (Some("CONFLICT"), Some("fast")),
+            "{e}"
+        );
+    }
+
+    /// An upload that is not an image archive is the client's fault: a 400
+    /// naming the archive, not a 502 as if a registry had failed.
+    #[tokio::test]
+    async fn importing_what_is_not_an_image_archive_is_400() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::with_storage(dir.path());
+        let not_tar = b"this is not a tar archive\n".repeat(100);
+        // An escaping member, in an otherwise good tar.
+        let escaping = raw_tar(b"../../etc/passwd", b"x");
+        for (body, says) in [
+            (not_tar, "Reading the archive"),
+            (escaping, "escapes the archive"),
+        ] {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/storage/images/import")
+                .header("content-type", "application/x-tar")
+                .body(Body::from(body))
+                .unwrap();
+            let resp = h.send(req).await;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+            assert_eq!(e["code"], "INVALID_ARGUMENT", "{e}");
+            assert_eq!(e["element"], "archive", "{e}");
+            let msg = e["message"].as_str().unwrap();
+            assert!(
+                msg.starts_with("The archive is not an image archive that can be imported: ")
+                    && msg.contains(says),
+                "{msg}"
+            );
+        }
+        let (status, e) = h
+            .call("POST", "/storage/images/import?tag=../../etc", None)
+            .await;
+        assert_eq!(
+            (status, e["element"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("tag")),
+            "{e}"
+        );
     }
 
     #[tokio::test]

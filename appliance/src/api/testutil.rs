@@ -16,8 +16,10 @@ use tower::ServiceExt;
 use crate::backend::fake::FakeBackend;
 use crate::backend::{AttachStream, Backend, BackendError, Events};
 use crate::handle::HandleKey;
+use crate::portlayer::events::Events as PortEvents;
 use crate::portlayer::exec::PortLayer;
 use crate::portlayer::model::{Container, Task};
+use crate::portlayer::storage::Storage;
 use crate::store::Store;
 
 pub struct Harness {
@@ -40,6 +42,24 @@ impl Harness {
             dir: dir.to_path_buf(),
         });
         Harness::over(backend, fake)
+    }
+
+    /// A harness with the storage component, its stores under `dir` (and
+    /// no images in them).
+    pub fn with_storage(dir: &Path) -> Self {
+        let fake = Arc::new(FakeBackend::default());
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let events = Arc::new(PortEvents::new(store.clone()));
+        let storage = Storage::open(store.clone(), events.clone(), dir).unwrap();
+        let pl = PortLayer::with_storage(
+            store,
+            events,
+            Some(storage),
+            HandleKey::from_bytes([7; 32]),
+            fake.clone(),
+        );
+        let router = super::router(pl.clone());
+        Harness { pl, fake, router }
     }
 
     fn over(backend: Arc<dyn Backend>, fake: Arc<FakeBackend>) -> Self {

@@ -208,7 +208,10 @@ async fn connection(
     let served = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
+        .serve_connection(
+            TokioIo::new(super::malformed::Io::new(stream)),
+            TowerToHyperService::new(router),
+        )
         .with_upgrades()
         .await;
     if let Err(e) = served {

@@ -247,9 +247,13 @@ async fn an_upload_refused_at_once_gets_the_refusal_not_a_broken_pipe() {
             .expect_err("no such container");
         assert!(e.contains("code NOT_FOUND"), "{e}");
         assert!(e.contains("nosuch"), "{e}");
-        // Not a tar: refused at its first block.
+        // Not a tar: refused at its first block, as the client's fault.
         let e = s.run(&["import", &src]).await.expect_err("not a tar");
-        assert!(e.contains("code IMAGE_SOURCE"), "{e}");
+        assert!(
+            e.contains("element archive, code INVALID_ARGUMENT")
+                && e.contains("The archive is not an image archive"),
+            "{e}"
+        );
     }
     assert_eq!(s.run(&["images", "-q"]).await, Ok(0));
 }

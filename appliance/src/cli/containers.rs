@@ -292,7 +292,7 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<u8> {
     list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
     if args.quiet {
         for c in &list {
-            outln!("{}", short_id(&c.id, args.no_trunc))?;
+            outln!("{}", output::printable(short_id(&c.id, args.no_trunc)))?;
         }
     } else {
         output::out(ps_table(&list, now_ms(), args.no_trunc).as_bytes())?;
@@ -326,14 +326,19 @@ pub fn ps_table(list: &[Container], now_ms: i64, no_trunc: bool) -> String {
         "NAMES".into(),
     ]];
     for c in list {
-        rows.push([
-            short_id(&c.id, no_trunc).to_string(),
-            c.image.clone(),
-            command(c, no_trunc),
-            status(c, now_ms),
-            super::network::addresses(&c.endpoints),
-            c.name.clone(),
-        ]);
+        // Stored values are shown escaped: a name with a newline or an
+        // escape sequence neither forges a row nor drives the terminal.
+        rows.push(
+            [
+                short_id(&c.id, no_trunc).to_string(),
+                c.image.clone(),
+                command(c, no_trunc),
+                status(c, now_ms),
+                super::network::addresses(&c.endpoints),
+                c.name.clone(),
+            ]
+            .map(|cell| output::printable(&cell).into_owned()),
+        );
     }
     let mut widths = [0usize; 6];
     for r in &rows {
@@ -534,6 +539,25 @@ fedcba987654   busybox   \"true\"                   Created        net=10.88.1.3
             true,
         );
         assert!(full.contains("0123456789abcdef0123   busybox"), "{full}");
+    }
+
+    #[test]
+    fn ps_shows_stored_control_characters_escaped() {
+        // Names and commands stored before the port layer refused them.
+        let c = container(
+            "0123456789abcdef0123",
+            "evil\u{1b}[2J\nfake-row",
+            PowerState::Created,
+            &["printf", "\u{7}\r"],
+        );
+        let table = ps_table(&[c], 0, false);
+        assert!(!table.contains(['\u{1b}', '\u{7}', '\r']), "{table:?}");
+        // The header and one row: the newline forged none.
+        assert_eq!(table.lines().count(), 2, "{table}");
+        assert!(
+            table.contains("evil\\u{1b}[2J\\nfake-row") && table.contains("\"printf \\u{7}\\r\""),
+            "{table}"
+        );
     }
 
     #[test]

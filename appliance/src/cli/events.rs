@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::client::{Client, with_query};
-use super::output::outln;
+use super::output::{outln, printable};
 
 #[derive(Args)]
 pub struct EventsArgs {
@@ -40,12 +40,17 @@ pub struct Event {
 
 /// `2024-05-01T12:00:00.123Z kind element (key=value, …)`.
 pub fn format_event(e: &Event) -> String {
-    let mut line = format!("{} {} {}", format_ms(e.time), e.kind, e.element);
+    let mut line = format!(
+        "{} {} {}",
+        format_ms(e.time),
+        printable(&e.kind),
+        printable(&e.element)
+    );
     if let Some(map) = e.detail.as_object().filter(|m| !m.is_empty()) {
         let parts: Vec<String> = map
             .iter()
             .map(|(k, v)| match v {
-                serde_json::Value::String(s) => format!("{k}={s}"),
+                serde_json::Value::String(s) => format!("{}={}", printable(k), printable(s)),
                 other => format!("{k}={other}"),
             })
             .collect();

@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 
 use super::client::{Client, encode, with_query};
-use super::output::{errln, outln};
+use super::output::{errln, outln, printable};
 
 #[derive(Args)]
 pub struct PullArgs {
@@ -300,11 +300,11 @@ pub async fn stores(client: &Client, path: &str, items: &str) -> anyhow::Result<
     for s in stores {
         outln!(
             "{:<16} {:>7} {:>10} {:>10}  {}",
-            s.name,
+            printable(&s.name),
             s.items,
             human(s.used_bytes),
             human(s.free_bytes),
-            s.path
+            printable(&s.path)
         )?;
     }
     Ok(0)
@@ -339,11 +339,11 @@ pub async fn images(client: &Client, args: ImagesArgs) -> anyhow::Result<u8> {
         for n in names {
             outln!(
                 "{:<48} {:<14} {:>10}  {:<10} {}",
-                n,
+                printable(&n),
                 short_id(&i.id),
                 human(i.content_size),
-                i.store,
-                i.used_by.join(", ")
+                printable(&i.store),
+                printable(&i.used_by.join(", "))
             )?;
         }
     }
@@ -448,7 +448,7 @@ pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<u8> {
         } else {
             i.names.join(", ")
         };
-        errln!("{names}: imported, {}", human(i.content_size));
+        errln!("{}: imported, {}", printable(&names), human(i.content_size));
         outln!("{}", i.id)?;
     }
     Ok(0)
@@ -458,7 +458,7 @@ pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<u8> {
 pub async fn tag(client: &Client, args: TagArgs) -> anyhow::Result<u8> {
     let body = serde_json::json!({ "image": args.image, "name": args.name });
     let img: Image = client.post("/storage/images/tag", &body).await?;
-    outln!("{}", img.names.join(", "))?;
+    outln!("{}", printable(&img.names.join(", ")))?;
     Ok(0)
 }
 

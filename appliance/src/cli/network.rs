@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::client::{Client, encode, with_query};
 use super::handles::Handle;
-use super::output::{errln, outln};
+use super::output::{errln, outln, printable};
 
 #[derive(Subcommand)]
 pub enum NetworkCommand {
@@ -176,7 +176,7 @@ pub async fn network(client: &Client, cmd: NetworkCommand) -> anyhow::Result<u8>
                 .await?;
             if a.quiet {
                 for s in scopes {
-                    outln!("{}", s.name)?;
+                    outln!("{}", printable(&s.name))?;
                 }
                 return Ok(0);
             }
@@ -191,11 +191,11 @@ pub async fn network(client: &Client, cmd: NetworkCommand) -> anyhow::Result<u8>
             for s in scopes {
                 outln!(
                     "{:<20} {:<9} {:<18} {:<15} {:<15} {}",
-                    s.name,
+                    printable(&s.name),
                     s.kind.as_str(),
-                    s.subnet,
-                    s.gateway,
-                    s.bridge,
+                    printable(&s.subnet),
+                    printable(&s.gateway),
+                    printable(&s.bridge),
                     if s.outgoing { "yes" } else { "no" }
                 )?;
             }

@@ -18,9 +18,17 @@
 //! `write(2)`, which raises SIGPIPE too) would kill a client that should
 //! reconnect; `serve` is the same binary. So EPIPE is an error, handled once.
 //!
+//! Owns, too, that what the appliance stored never drives the terminal: a
+//! name or label holding escape sequences or a newline (from before the port
+//! layer refused them, or from an image) is shown escaped. Values go
+//! through [`printable`] (every control character escaped, so a newline
+//! cannot forge a table row), and [`outln!`] and [`errln!`] escape every
+//! control character but the line breaks of their own text.
+//!
 //! Must not: be bypassed. `println!`, `print!` and `eprintln!` panic when the
 //! write fails (exit 101), so the CLI does not use them.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 
 /// The exit status of a command whose stdout (or stderr, for a container's
@@ -66,19 +74,50 @@ pub fn write_to(target: Target, data: &[u8]) -> io::Result<()> {
     }
 }
 
+/// `text` with its control characters escaped as Rust writes them (`\n`,
+/// `\t`, `\u{1b}`), but `\n` itself when `keep_newlines`.
+fn escape_controls(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !(keep_newlines && c == '\n');
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A value from the appliance (a name, label, command) as a terminal may
+/// show it: every control character escaped, newlines included.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    escape_controls(text, false)
+}
+
+/// A whole line of ours, its control characters escaped but its line
+/// breaks (pretty JSON has them).
+fn line_text(args: std::fmt::Arguments<'_>) -> String {
+    let mut text = args.to_string();
+    if let Cow::Owned(escaped) = escape_controls(&text, true) {
+        text = escaped;
+    }
+    text.push('\n');
+    text
+}
+
 /// For [`outln!`].
 pub fn out_line(args: std::fmt::Arguments<'_>) -> io::Result<()> {
-    let mut o = io::stdout().lock();
-    o.write_fmt(args)
-        .and_then(|()| o.write_all(b"\n"))
-        .and_then(|()| o.flush())
-        .map_err(mark)
+    write_flush(io::stdout().lock(), line_text(args).as_bytes())
 }
 
 /// For [`errln!`]: a message on stderr; if stderr is gone, it is dropped.
 pub fn err_line(args: std::fmt::Arguments<'_>) {
     let mut e = io::stderr().lock();
-    let _ = e.write_fmt(args).and_then(|()| e.write_all(b"\n"));
+    let _ = e.write_all(line_text(args).as_bytes());
 }
 
 /// Whether an error is (or was caused by) one of our outputs closing.
@@ -121,6 +160,20 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("web"), "web");
+        assert_eq!(
+            printable("a\u{1b}[2Jb\nc\td\0\u{9b}"),
+            "a\\u{1b}[2Jb\\nc\\td\\0\\u{9b}"
+        );
+        // Lines of our own keep their breaks, and nothing else.
+        assert_eq!(
+            line_text(format_args!("{{\n  \"name\": \"x\u{1b}\"\n}}")),
+            "{\n  \"name\": \"x\\u{1b}\"\n}\n"
+        );
     }
 
     #[test]

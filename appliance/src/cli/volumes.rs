@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::client::{Client, encode, with_query};
 use super::images::human;
-use super::output::{errln, outln};
+use super::output::{errln, outln, printable};
 
 #[derive(Subcommand)]
 pub enum VolumeCommand {
@@ -97,7 +97,7 @@ pub async fn volume(client: &Client, cmd: VolumeCommand) -> anyhow::Result<u8> {
             let vols: Vec<Volume> = client.get(&path).await?;
             if a.quiet {
                 for v in vols {
-                    outln!("{}", v.name)?;
+                    outln!("{}", printable(&v.name))?;
                 }
                 return Ok(0);
             }
@@ -111,11 +111,11 @@ pub async fn volume(client: &Client, cmd: VolumeCommand) -> anyhow::Result<u8> {
             for v in vols {
                 outln!(
                     "{:<32} {:>8} {:>10}  {:<10} {}",
-                    v.name,
+                    printable(&v.name),
                     format!("{}M", v.size_mib),
                     human(v.disk_size),
-                    v.store,
-                    v.used_by.join(", ")
+                    printable(&v.store),
+                    printable(&v.used_by.join(", "))
                 )?;
             }
             Ok(0)

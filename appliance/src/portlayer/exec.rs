@@ -29,7 +29,8 @@ use super::events::Events;
 use super::filter::{Filter, Filterable};
 use super::model::*;
 use super::policy::{self, Constraint, Policy, Scope, Target};
-use super::storage::{Storage, StorageError};
+use super::storage::{Storage, StorageError, VOLUME_FIELDS};
+use super::validate::{self, Invalid};
 use crate::backend::{Backend, BackendError, BackendEvent};
 use crate::handle::{self, HandleData, HandleKey};
 use crate::store::{ContainerRecord, ErrorRecord, Store, StoreError, now_ms};
@@ -65,6 +66,15 @@ pub enum PortError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     Network(#[from] super::network::NetworkError),
+}
+
+impl From<Invalid> for PortError {
+    fn from(e: Invalid) -> Self {
+        PortError::Invalid {
+            element: e.field,
+            message: e.message,
+        }
+    }
 }
 
 impl PortError {
@@ -206,6 +216,40 @@ fn changes_digest(changes: &[Change]) -> Result<String, PortError> {
     use sha2::Digest;
     let json = serde_json::to_vec(changes).map_err(StoreError::from)?;
     Ok(format!("sha256:{:x}", sha2::Sha256::digest(json)))
+}
+
+/// What a task asks of the guest: arguments, environment, user and working
+/// directory it can pass on (see `validate`).
+fn check_task(field: &str, t: &Task) -> Result<(), Invalid> {
+    validate::args(&format!("{field}.args"), &t.args)?;
+    validate::env(&format!("{field}.env"), &t.env)?;
+    validate::text(&format!("{field}.user"), &t.user)?;
+    validate::text(&format!("{field}.working_dir"), &t.working_dir)
+}
+
+/// Every field of a creation the caller gave, by the rules of `validate`;
+/// zero values take defaults and are not checked.
+fn check_spec(spec: &CreateSpec) -> Result<(), Invalid> {
+    if !spec.name.is_empty() {
+        validate::container_name("name", &spec.name)?;
+    }
+    if !spec.hostname.is_empty() {
+        validate::hostname("hostname", &spec.hostname)?;
+    }
+    validate::memory_mib("memory_mib", spec.memory_mib)?;
+    validate::cpus("cpus", spec.cpus)?;
+    if spec.stop_signal != 0 {
+        validate::signal("stop_signal", spec.stop_signal)?;
+    }
+    validate::labels("labels", &spec.labels)?;
+    for (i, p) in spec.policies.iter().enumerate() {
+        validate::filter_keys(&format!("policies[{i}]"), &p.filter, CONTAINER_FIELDS)?;
+    }
+    check_task("task", &spec.task)?;
+    if let Some(ep) = &spec.entrypoint {
+        validate::args("entrypoint", ep)?;
+    }
+    Ok(())
 }
 
 fn task_element(c: &str, t: &str) -> String {
@@ -461,6 +505,7 @@ impl PortLayer {
         if spec.image.is_empty() {
             return Err(PortError::invalid("image", "An image is required"));
         }
+        check_spec(&spec)?;
         let mut image_id = String::new();
         if let Some(storage) = &self.storage {
             let img = storage.image(&spec.image)?;
@@ -586,7 +631,8 @@ impl PortLayer {
                 "A volume's mount path must be absolute, not /, with no empty, . or .. parts",
             ));
         }
-        for p in policies {
+        for (i, p) in policies.iter().enumerate() {
+            validate::filter_keys(&format!("policies[{i}]"), &p.filter, VOLUME_FIELDS)?;
             p.validate(Scope::Join, Target::Volume)
                 .map_err(|source| PortError::Policy {
                     element: m.volume.clone(),
@@ -622,6 +668,8 @@ impl PortLayer {
                 "A task needs an id and a command",
             ));
         }
+        validate::task_id("task.id", &task.id)?;
+        check_task("task", &task)?;
         self.push(h, Change::TaskJoin { task })
     }
 
@@ -642,9 +690,7 @@ impl PortLayer {
     }
 
     pub fn rename(&self, h: &str, name: &str) -> Result<String, PortError> {
-        if name.is_empty() || name.contains('/') {
-            return Err(PortError::invalid("name", format!("Invalid name {name:?}")));
-        }
+        validate::container_name("name", name)?;
         self.push(h, Change::Rename { name: name.into() })
     }
 
@@ -1780,6 +1826,7 @@ impl PortLayer {
 
     /// Signals a task (the primary by default).
     pub async fn signal(&self, id: &str, task: Option<&str>, signal: i32) -> Result<(), PortError> {
+        validate::signal("signal", signal)?;
         let c = self.inspect_off(id).await?;
         let task = task.unwrap_or(&c.id).to_string();
         self.backend

@@ -5,3 +5,4 @@ pub mod model;
 pub mod network;
 pub mod policy;
 pub mod storage;
+pub mod validate;

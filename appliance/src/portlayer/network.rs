@@ -22,6 +22,7 @@ use super::model::{
     Container, ElementResult, Endpoint, OutgoingRule, PowerState, PublishedPort, Scope, ScopeKind,
     Status,
 };
+use super::validate::{self, Invalid};
 use crate::store::{HostPort, LeaseWant, ScopeRecord, Store, StoreError, now_ms};
 
 /// The scope every `run` joins unless told otherwise, as docker's.
@@ -42,6 +43,15 @@ pub enum NetworkError {
     Invalid { element: String, message: String },
     #[error("Invalid filter")]
     Filter(#[from] super::filter::FilterError),
+}
+
+impl From<Invalid> for NetworkError {
+    fn from(e: Invalid) -> Self {
+        NetworkError::Invalid {
+            element: e.field,
+            message: e.message,
+        }
+    }
 }
 
 impl NetworkError {
@@ -72,6 +82,8 @@ impl NetworkError {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScopeSpec {
+    /// Letters, digits, `_`, `.` and `-`, starting with a letter or digit.
+    #[schema(pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", max_length = 64)]
     pub name: String,
     pub kind: ScopeKind,
     /// CIDR; default: the next free /24 of 10.88.0.0/16.
@@ -266,22 +278,6 @@ fn check_exposed(e: &str) -> Result<(), String> {
     }
 }
 
-/// A DNS name: RFC 1123 labels.
-fn check_alias(a: &str) -> Result<(), String> {
-    let ok = !a.is_empty()
-        && a.len() <= 253
-        && a.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        });
-    ok.then_some(())
-        .ok_or_else(|| format!("Alias {a:?} is not a DNS name"))
-}
-
 /// The network component's scope registry.
 pub struct Network {
     store: Arc<Store>,
@@ -299,20 +295,11 @@ impl Network {
 
     /// Creates a scope. Blocking.
     pub fn create_scope(&self, spec: &ScopeSpec) -> Result<Scope, NetworkError> {
-        let name = spec.name.trim();
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            || name.starts_with('.')
-        {
-            return Err(NetworkError::invalid(
-                "name",
-                format!(
-                    "Scope name {name:?} must be 1-64 of [A-Za-z0-9_.-], not starting with '.'"
-                ),
-            ));
+        let name = spec.name.as_str();
+        validate::scope_name("name", name)?;
+        validate::labels("labels", &spec.labels)?;
+        if !spec.bridge.is_empty() {
+            validate::interface_name("bridge", &spec.bridge)?;
         }
         let subnet = if spec.subnet.is_empty() {
             self.free_subnet(name)?
@@ -675,8 +662,8 @@ impl Network {
     ) -> Result<Endpoint, NetworkError> {
         let el = endpoint_element(id, &scope.name);
         let subnet = net_of(&scope.subnet, &scope.name, "subnet")?;
-        for a in &e.aliases {
-            check_alias(a).map_err(|m| NetworkError::invalid(&el, m))?;
+        for (i, a) in e.aliases.iter().enumerate() {
+            validate::alias(&format!("aliases[{i}]"), a)?;
         }
         if !e.requested_ip.is_empty() {
             let ip: Ipv4Addr = e.requested_ip.parse().map_err(|_| {

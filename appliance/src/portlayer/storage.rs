@@ -22,6 +22,7 @@ use serde_json::json;
 
 use super::events::Events;
 use super::filter::{Filter, Filterable};
+use super::validate::{self, Invalid};
 use crate::storage::model::{Image, ImageConfig, Layer, StoreUsage, Volume};
 use crate::storage::oci::{self, BlobStore, FetchedImage};
 use crate::storage::rootfs::{self, LayerFile, RootfsError};
@@ -86,6 +87,23 @@ pub enum StorageError {
     },
     #[error("Invalid filter")]
     Filter(#[from] super::filter::FilterError),
+    /// What a client sent as an image archive is not one, or not a good
+    /// one: not a tar, no manifest, an entry that would escape, a blob that
+    /// does not match its digest.
+    #[error("The archive is not an image archive that can be imported")]
+    BadArchive {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl From<Invalid> for StorageError {
+    fn from(e: Invalid) -> Self {
+        StorageError::Invalid {
+            element: e.field,
+            message: e.message,
+        }
+    }
 }
 
 impl StorageError {
@@ -105,12 +123,14 @@ impl StorageError {
                 | StoreError::InUse { id, .. },
             ) => id.clone(),
             StorageError::Store(StoreError::Ambiguous { prefix, .. }) => prefix.clone(),
+            StorageError::Store(StoreError::PathTaken { by, .. }) => by.clone(),
             StorageError::Invalid { element, .. } => element.clone(),
             StorageError::Fetch { reference, .. } => reference.clone(),
             StorageError::Build { image, .. } => image.clone(),
             StorageError::NoSpace { store, .. } | StorageError::TooBig { store, .. } => {
                 store.clone()
             }
+            StorageError::BadArchive { .. } => "archive".into(),
             _ => String::new(),
         }
     }
@@ -191,7 +211,9 @@ pub struct PullSpec {
 #[derive(serde::Deserialize, serde::Serialize, Clone, Debug, Default, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct VolumeSpec {
-    /// Unique; a random one if empty.
+    /// Unique: letters, digits, `_`, `.` and `-`, starting with a letter or
+    /// digit; a random one if empty.
+    #[schema(pattern = "^([a-zA-Z0-9][a-zA-Z0-9_.-]*)?$", max_length = 128)]
     pub name: String,
     /// The volume store to put it in; "default" if empty.
     pub store: String,
@@ -287,26 +309,6 @@ fn config_of(c: &oci::ImageConfig) -> ImageConfig {
     }
 }
 
-/// Volume names: what docker allows.
-fn check_volume_name(name: &str) -> Result<(), StorageError> {
-    let ok = name.len() <= 128
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StorageError::invalid(
-            name,
-            "A volume name is 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit",
-        ))
-    }
-}
-
 fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n.div_ceil(2)];
     if getrandom::fill(&mut b).is_err() {
@@ -338,18 +340,34 @@ impl Storage {
         Ok(s)
     }
 
-    /// Adds an image or volume store: a directory, made if missing.
+    /// Adds an image or volume store: a directory, made if missing. A path
+    /// that is there and is not a directory (or runs through a file) is the
+    /// caller's mistake, refused naming `path`.
     pub fn add_store(&self, kind: StoreKind, name: &str, path: &Path) -> Result<(), StorageError> {
-        if !path.is_absolute() {
-            return Err(StorageError::invalid(
-                name,
-                format!("A store's path must be absolute, not {}", path.display()),
-            ));
+        validate::store_name("name", name)?;
+        validate::store_path("path", &path.to_string_lossy())?;
+        let not_a_dir = |why: &str| {
+            StorageError::invalid(
+                "path",
+                format!(
+                    "{} is not a directory{why}",
+                    validate::shown(&path.to_string_lossy())
+                ),
+            )
+        };
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
+            return Err(not_a_dir(""));
         }
-        std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
-            what: "Creating store directory",
-            path: path.to_path_buf(),
-            source,
+        std::fs::create_dir_all(path).map_err(|source| {
+            if matches!(source.raw_os_error(), Some(libc::ENOTDIR | libc::EEXIST)) {
+                not_a_dir(": a part of it is a file")
+            } else {
+                StorageError::Io {
+                    what: "Creating store directory",
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         self.store
@@ -435,17 +453,23 @@ impl Storage {
         Ok(dir.path.join(img.disk))
     }
 
+    /// Checks what a pull asks for, before anything is fetched: the
+    /// normalized reference.
+    pub fn check_pull(&self, spec: &PullSpec) -> Result<String, StorageError> {
+        let reference = validate::image_reference("reference", &spec.reference)?;
+        if !spec.store.is_empty() {
+            validate::store_name("store", &spec.store)?;
+        }
+        Ok(reference)
+    }
+
     /// Pulls an image from its registry into a store.
     pub async fn pull(
         self: &Arc<Self>,
         spec: &PullSpec,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<Image, StorageError> {
-        let reference =
-            oci::normalize_reference(&spec.reference).map_err(|source| StorageError::Fetch {
-                reference: spec.reference.clone(),
-                source: Box::new(source),
-            })?;
+        let reference = self.check_pull(spec)?;
         let (dir, blobs) = {
             let (me, name) = (self.clone(), spec.store.clone());
             tokio::task::spawn_blocking(move || {
@@ -536,18 +560,20 @@ impl Storage {
         store: &str,
         tag: Option<&str>,
     ) -> Result<Vec<Image>, StorageError> {
+        let tag = tag
+            .map(|t| validate::image_reference("tag", t))
+            .transpose()?;
         let dir = self.store_dir(StoreKind::Image, store)?;
         let blobs = self.blobs(&dir)?;
-        let tag = tag
-            .map(|t| {
-                oci::normalize_reference(t).map_err(|source| StorageError::Fetch {
-                    reference: t.to_string(),
-                    source: Box::new(source),
-                })
-            })
-            .transpose()?;
-        let fetched = oci::import_reader(archive, &blobs)
-            .map_err(|source| self.fetch_error(&dir, "archive", source))?;
+        let fetched = oci::import_reader(archive, &blobs).map_err(|source| {
+            match self.fetch_error(&dir, "archive", source) {
+                // What the client sent, not a registry: a 4xx.
+                StorageError::Fetch { source, .. } if source.is_content() => {
+                    StorageError::BadArchive { source }
+                }
+                other => other,
+            }
+        })?;
         if fetched.is_empty() {
             return Err(StorageError::invalid(
                 "archive",
@@ -566,15 +592,19 @@ impl Storage {
         let mut out = Vec::new();
         for f in fetched {
             let names: Vec<String> = tag.iter().cloned().chain(f.reference.clone()).collect();
-            out.push(ingest(
-                &self.store,
-                &self.events,
-                &dir,
-                &blobs,
-                f,
-                &names,
-                vec![],
-            )?);
+            let img = ingest(&self.store, &self.events, &dir, &blobs, f, &names, vec![]).map_err(
+                |e| match e {
+                    // A layer of the client's archive that cannot be applied
+                    // (an entry that would escape) is the client's too.
+                    StorageError::Build { source, .. }
+                        if matches!(*source, RootfsError::Layer { .. }) =>
+                    {
+                        StorageError::BadArchive { source }
+                    }
+                    other => other,
+                },
+            )?;
+            out.push(img);
         }
         Ok(out)
     }
@@ -605,11 +635,8 @@ impl Storage {
 
     /// Gives an image another name.
     pub fn tag(&self, query: &str, name: &str) -> Result<Image, StorageError> {
+        let name = validate::image_reference("name", name)?;
         let img = self.image(query)?;
-        let name = oci::normalize_reference(name).map_err(|source| StorageError::Fetch {
-            reference: name.to_string(),
-            source: Box::new(source),
-        })?;
         if name.contains('@') {
             return Err(StorageError::invalid(&name, "A tag cannot be a digest"));
         }
@@ -736,7 +763,8 @@ impl Storage {
         } else {
             spec.name.clone()
         };
-        check_volume_name(&name)?;
+        validate::volume_name("name", &name)?;
+        validate::labels("labels", &spec.labels)?;
         let size_mib = if spec.size_mib == 0 {
             1024
         } else {

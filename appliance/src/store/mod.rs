@@ -49,6 +49,13 @@ pub enum StoreError {
     NotFound { kind: &'static str, id: String },
     #[error("{} {id} already exists", capitalised(.kind))]
     AlreadyExists { kind: &'static str, id: String },
+    /// A store directory can be one store only.
+    #[error("{} {by} already has the directory {path}", capitalised(.kind))]
+    PathTaken {
+        kind: &'static str,
+        path: String,
+        by: String,
+    },
     #[error("Name {name} is already in use by container {by}")]
     NameTaken { name: String, by: String },
     #[error("Prefix {prefix} matches {} containers: {}", .matches.len(), .matches.join(", "))]

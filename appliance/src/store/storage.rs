@@ -134,6 +134,20 @@ impl Store {
                     id: name.to_string(),
                 }),
                 None => {
+                    let holder: Option<String> = tx
+                        .query_row(
+                            &format!("SELECT name FROM {} WHERE path = ?1", kind.table()),
+                            [path],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(by) = holder {
+                        return Err(StoreError::PathTaken {
+                            kind: kind.kind(),
+                            path: path.to_string(),
+                            by,
+                        });
+                    }
                     tx.execute(
                         &format!(
                             "INSERT INTO {} (name, path, created_at) VALUES (?1, ?2, ?3)",
@@ -491,6 +505,15 @@ mod tests {
             .map(|d| d.name)
             .collect();
         assert_eq!(names, ["default", "fast"]);
+        // One directory is one store: another name for it is refused.
+        let e = s
+            .add_store_dir(StoreKind::Image, "quick", "/ssd/images")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Image store fast already has the directory /ssd/images"
+        );
+        assert!(matches!(e, StoreError::PathTaken { ref by, .. } if by == "fast"));
         assert_eq!(s.store_dirs(StoreKind::Volume).unwrap().len(), 1);
         let e = s
             .put_image(

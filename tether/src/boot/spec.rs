@@ -162,7 +162,32 @@ pub(super) fn maintenance(spec: &ContainerSpec) -> bool {
     spec.maintenance || spec.primary.is_none()
 }
 
-/// Checks the fields the boot cannot do without.
+/// RFC 1123: dot-separated labels of 1 to 63 letters, digits and '-', not
+/// starting or ending with '-'; 253 bytes at most.
+fn is_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// A name in an `/etc/hosts` line (a container name or alias): one word of
+/// letters, digits, '_', '.' and '-'.
+fn is_hosts_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Checks the fields the boot cannot do without, and the names it writes
+/// into the kernel and `/etc`.
 fn validate(spec: &ContainerSpec) -> Result<(), BootError> {
     let rootfs = spec
         .rootfs
@@ -187,6 +212,28 @@ fn validate(spec: &ContainerSpec) -> Result<(), BootError> {
     {
         return Err(invalid("spec.primary.args", "is empty"));
     }
+    // The host checks these too; a name that is not one must not reach
+    // the kernel or a line of /etc/hosts.
+    if !spec.hostname.is_empty() && !is_hostname(&spec.hostname) {
+        return Err(invalid(
+            "spec.hostname",
+            format!("{:?} is not an RFC 1123 host name", spec.hostname),
+        ));
+    }
+    for (i, h) in spec.hosts.iter().enumerate() {
+        if !h.address.is_empty() && h.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                format!("spec.hosts[{i}].address"),
+                format!("{:?} is not an IP address", h.address),
+            ));
+        }
+        if let Some(n) = h.names.iter().find(|n| !is_hosts_name(n)) {
+            return Err(invalid(
+                format!("spec.hosts[{i}].names"),
+                format!("{n:?} is not a name /etc/hosts can hold"),
+            ));
+        }
+    }
     for (i, m) in spec.mounts.iter().enumerate() {
         if !m.target.starts_with('/') {
             return Err(invalid(
@@ -202,7 +249,7 @@ fn validate(spec: &ContainerSpec) -> Result<(), BootError> {
 mod tests {
     use super::*;
     use crate::sys::{Call, RecordingSyscall};
-    use proto::v1::{Keys, Mount, RootFs, SessionSpec};
+    use proto::v1::{HostEntry, Keys, Mount, RootFs, SessionSpec};
 
     fn good_spec() -> ContainerSpec {
         ContainerSpec {
@@ -369,8 +416,41 @@ mod tests {
                 },
                 "spec.mounts[0].target 'data' is not an absolute path",
             ),
+            (
+                |s| s.hostname = "h1\n6.6.6.6 evil.example".into(),
+                "spec.hostname \"h1\\n6.6.6.6 evil.example\" is not an RFC 1123 host name",
+            ),
+            (
+                |s| s.hostname = "a_b".into(),
+                "spec.hostname \"a_b\" is not an RFC 1123 host name",
+            ),
+            (
+                |s| {
+                    s.hosts.push(HostEntry {
+                        address: "10.0.0.2".into(),
+                        names: vec!["db".into(), "x\n6.6.6.6".into()],
+                    })
+                },
+                "spec.hosts[0].names \"x\\n6.6.6.6\" is not a name /etc/hosts can hold",
+            ),
+            (
+                |s| {
+                    s.hosts.push(HostEntry {
+                        address: "10.0.0.2 evil".into(),
+                        names: vec!["db".into()],
+                    })
+                },
+                "spec.hosts[0].address \"10.0.0.2 evil\" is not an IP address",
+            ),
         ];
         assert!(validate(&good_spec()).is_ok());
+        let mut named = good_spec();
+        named.hostname = "web.example.com".into();
+        named.hosts.push(HostEntry {
+            address: "10.88.0.2".into(),
+            names: vec!["web_1".into(), "db.local".into()],
+        });
+        assert!(validate(&named).is_ok());
         assert!(!maintenance(&good_spec()));
         // Maintenance mode needs no primary session, or ignores it.
         let mut spec = good_spec();

@@ -155,3 +155,45 @@ pub enum OciError {
     #[error("Not an image archive: {0}")]
     NotAnArchive(String),
 }
+
+impl OciError {
+    /// Whether the error is about the image's content or form (a bad
+    /// reference, digest, manifest, archive entry), as opposed to a
+    /// registry that failed or the blob store's own I/O. For an import,
+    /// such content is the client's.
+    pub fn is_content(&self) -> bool {
+        use OciError::*;
+        match self {
+            InvalidReference { .. }
+            | InvalidDigest(_)
+            | Verification { .. }
+            | TooLarge { .. }
+            | NoPlatform { .. }
+            | UnsupportedManifest { .. }
+            | UnsupportedLayer { .. }
+            | Json { .. }
+            | LayerCount { .. }
+            | DiffId { .. }
+            | TooBig { .. }
+            | Archive(_)
+            | UnsafeMember { .. }
+            | UnsafeLink { .. }
+            | PathOutside { .. }
+            | MissingMember { .. }
+            | NotAnArchive(_) => true,
+            BlobWrite { .. }
+            | BlobRead { .. }
+            | Client(_)
+            | HttpsRefused { .. }
+            | Certificate { .. }
+            | Unreachable { .. }
+            | AuthRequired { .. }
+            | AuthFailed { .. }
+            | ManifestUnknown { .. }
+            | BlobUnknown { .. }
+            | Registry { .. }
+            | Download { .. }
+            | Open(..) => false,
+        }
+    }
+}
