@@ -24,8 +24,9 @@ pub fn appliance_bin() -> PathBuf {
 /// The longest any one CLI command of a test may take (`timeout`'s form).
 const CLI_TIMEOUT: &str = "600";
 
-/// `appliance serve` on `state`, its output appended to `serve.log`.
-fn spawn_serve(state: &Path, netns: Option<&str>) -> Child {
+/// `appliance serve` on `state` with `args`, its output appended to
+/// `serve.log`.
+fn spawn_serve(state: &Path, netns: Option<&str>, args: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -43,6 +44,7 @@ fn spawn_serve(state: &Path, netns: Option<&str>) -> Child {
     cmd.arg("--state")
         .arg(state)
         .arg("serve")
+        .args(args)
         .env("APPLIANCE_ACCEL", "tcg")
         .env(
             "APPLIANCE_BOOT_DIR",
@@ -60,15 +62,25 @@ pub struct Server {
     child: Option<Child>,
     /// The network namespace it runs in, if not the test's own.
     netns: Option<String>,
+    /// Options after `serve`.
+    args: Vec<String>,
 }
 
 impl Server {
     /// Starts a server on `state` and waits until its socket answers.
     pub fn start(state: &Path) -> Server {
+        Self::start_with(state, &[])
+    }
+
+    /// Starts a server on `state` with options after `serve` (e.g.
+    /// `["--linger", "3s"]`).
+    pub fn start_with(state: &Path, args: &[&str]) -> Server {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let s = Server {
             state: state.to_path_buf(),
-            child: Some(spawn_serve(state, None)),
+            child: Some(spawn_serve(state, None, &args)),
             netns: None,
+            args,
         };
         s.wait_up();
         s
@@ -79,18 +91,19 @@ impl Server {
     pub fn start_in(state: &Path, netns: &crate::netns::Netns) -> Server {
         let s = Server {
             state: state.to_path_buf(),
-            child: Some(spawn_serve(state, Some(&netns.name))),
+            child: Some(spawn_serve(state, Some(&netns.name), &[])),
             netns: Some(netns.name.clone()),
+            args: Vec::new(),
         };
         s.wait_up();
         s
     }
 
-    /// Starts the server again on the same state directory (after
-    /// [`Server::kill9`]): it re-adopts the running VMs.
+    /// Starts the server again on the same state directory, with the same
+    /// options (after [`Server::kill9`]): it re-adopts the running VMs.
     pub fn restart(&mut self) {
         self.kill9();
-        self.child = Some(spawn_serve(&self.state, self.netns.as_deref()));
+        self.child = Some(spawn_serve(&self.state, self.netns.as_deref(), &self.args));
         self.wait_up();
     }
 
