@@ -16,7 +16,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 /// Flags for directories kept only to resolve names under them.
-const PATH_DIR: OFlag = OFlag::O_PATH
+pub(crate) const PATH_DIR: OFlag = OFlag::O_PATH
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
@@ -60,6 +60,14 @@ impl Beneath {
             root,
             chain: Vec::new(),
         })
+    }
+
+    /// Resolves names beneath an already opened directory.
+    pub(crate) fn from_fd(root: OwnedFd) -> Self {
+        Self {
+            root,
+            chain: Vec::new(),
+        }
     }
 
     pub(crate) fn root(&self) -> BorrowedFd<'_> {

@@ -1,5 +1,5 @@
-//! The crate's error type. Owns the wording of every failure of `unpack`, `pack` and their
-//! helpers; it does no I/O itself.
+//! The crate's error type. Owns the wording of every failure of `unpack`, `unpack_staged`,
+//! `pack` and their helpers; it does no I/O itself.
 //!
 //! Unpack errors name the stream (`UnpackOptions::source`, capitalised at the start of the
 //! message) and the entry as written in the archive, e.g.
@@ -78,6 +78,9 @@ pub enum ArchiveError {
         #[source]
         error: io::Error,
     },
+    /// `unpack_staged`: the directory to unpack into is a symlink, which is not followed.
+    #[error("{}: the target {target:?} is a symlink, which is not followed", capitalised(.stream))]
+    TargetSymlink { stream: String, target: String },
     /// `pack`: the path to archive does not resolve inside the root.
     #[error("Cannot resolve {path:?} inside the root")]
     Resolve {

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -17,7 +18,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
-use crate::beneath::{Beneath, READ_DIR, WalkError, remove_tree};
+use crate::beneath::{Beneath, READ_DIR, WalkError, lstat_at, remove_tree};
 use crate::create::{self, Fail, Meta};
 use crate::entry_path::{components, join, lossy};
 use crate::error::{ArchiveError, EscapeReason};
@@ -75,40 +76,54 @@ pub fn unpack<R: Read>(
         target: target.display().to_string(),
         error,
     })?;
-    let mut unpacker = Unpacker {
-        opts,
-        tree,
-        layer: opts.whiteouts.then(LayerPaths::default),
-        dirs: Vec::new(),
-        report: UnpackReport::default(),
-        buffer: vec![0; BUFFER],
-    };
-    let malformed = |position: String, error: io::Error| ArchiveError::Malformed {
-        stream: opts.source.clone(),
-        position,
-        error,
-    };
-    let mut archive = tar::Archive::new(BufReader::with_capacity(BUFFER, archive));
-    let entries = archive
-        .entries()
-        .map_err(|e| malformed("before the first entry".into(), e))?;
-    let mut previous: Option<String> = None;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| {
-            let position = match &previous {
-                Some(path) => format!("after entry {path:?}"),
-                None => "before the first entry".to_owned(),
-            };
-            malformed(position, e)
-        })?;
-        let raw_path = entry.path_bytes().into_owned();
-        let name = lossy(&raw_path);
-        unpacker
-            .apply(&mut entry, &raw_path, &name)
-            .map_err(|fail| unpacker.error(fail, &name))?;
-        previous = Some(name);
-    }
+    let mut unpacker = Unpacker::new(opts, tree);
+    unpacker.read(archive)?;
     unpacker.finish()
+}
+
+/// What [`unpack_to_stage`] leaves for `stage` to move into place.
+pub(crate) struct Staged {
+    pub(crate) report: UnpackReport,
+    /// Metadata of the directories the archive names (the target itself as the empty path),
+    /// not yet applied: it goes onto the directories where they end up.
+    pub(crate) dirs: Vec<DirMeta>,
+    /// For each directory path the archive reaches, the first entry that reached it: the
+    /// entry an error about that directory names.
+    pub(crate) first_entry: HashMap<Vec<u8>, String>,
+}
+
+/// Applies `archive` to the empty directory `stage` as [`unpack`] would, except that directory
+/// metadata is returned instead of applied, and that a hardlink whose target the archive did
+/// not bring is linked to that path in `target` (reached without following symlinks, never
+/// changed).
+pub(crate) fn unpack_to_stage<R: Read>(
+    archive: R,
+    stage: Beneath,
+    target: Beneath,
+    opts: &UnpackOptions,
+) -> Result<Staged, ArchiveError> {
+    let mut unpacker = Unpacker::new(opts, stage);
+    unpacker.fallback = Some(target);
+    unpacker.first_entry = Some(HashMap::new());
+    unpacker.read(archive)?;
+    Ok(Staged {
+        report: unpacker.report,
+        dirs: unpacker.dirs,
+        first_entry: unpacker.first_entry.unwrap_or_default(),
+    })
+}
+
+/// Applies directory metadata in `tree`, deepest first, after all entries.
+pub(crate) fn apply_dir_meta(
+    tree: &mut Beneath,
+    mut dirs: Vec<DirMeta>,
+    stream: &str,
+) -> Result<(), ArchiveError> {
+    dirs.sort_by_key(|dir| Reverse(dir.path.iter().filter(|&&b| b == b'/').count()));
+    for dir in dirs {
+        set_dir_meta(tree, &dir).map_err(|fail| entry_error(stream, fail, &lossy(&dir.path)))?;
+    }
+    Ok(())
 }
 
 /// How an entry is applied.
@@ -147,8 +162,9 @@ fn kind_of(entry_type: EntryType, raw_path: &[u8]) -> Result<Option<Kind>, Fail>
 
 /// Directory metadata, applied at the end.
 #[derive(Debug)]
-struct DirMeta {
-    path: Vec<u8>,
+pub(crate) struct DirMeta {
+    /// Components joined with "/"; empty for the target itself.
+    pub(crate) path: Vec<u8>,
     meta: Meta,
 }
 
@@ -160,40 +176,92 @@ struct Unpacker<'o> {
     dirs: Vec<DirMeta>,
     report: UnpackReport,
     buffer: Vec<u8>,
+    /// Staging: where hardlink targets the archive did not bring are looked up.
+    fallback: Option<Beneath>,
+    /// Staging: the first entry under each directory path (see `Staged::first_entry`).
+    first_entry: Option<HashMap<Vec<u8>, String>>,
 }
 
-impl Unpacker<'_> {
-    fn error(&self, fail: Fail, entry: &str) -> ArchiveError {
-        let stream = self.opts.source.clone();
-        let entry = entry.to_owned();
-        match fail {
-            Fail::Escape(reason) => ArchiveError::Escape {
-                stream,
-                entry,
-                reason,
-            },
-            Fail::Io(action, error) => ArchiveError::Io {
-                stream,
-                entry,
-                action,
-                error,
-            },
-            Fail::Read(error) => ArchiveError::Malformed {
-                stream,
-                position: format!("at entry {entry:?}"),
-                error,
-            },
-            Fail::Invalid(problem) => ArchiveError::Invalid {
-                stream,
-                entry,
-                problem,
-            },
-            Fail::Unsupported(kind) => ArchiveError::Unsupported {
-                stream,
-                entry,
-                kind,
-            },
+/// An entry's failure as the crate's error, naming `stream` and `entry`.
+pub(crate) fn entry_error(stream: &str, fail: Fail, entry: &str) -> ArchiveError {
+    let stream = stream.to_owned();
+    let entry = entry.to_owned();
+    match fail {
+        Fail::Escape(reason) => ArchiveError::Escape {
+            stream,
+            entry,
+            reason,
+        },
+        Fail::Io(action, error) => ArchiveError::Io {
+            stream,
+            entry,
+            action,
+            error,
+        },
+        Fail::Read(error) => ArchiveError::Malformed {
+            stream,
+            position: format!("at entry {entry:?}"),
+            error,
+        },
+        Fail::Invalid(problem) => ArchiveError::Invalid {
+            stream,
+            entry,
+            problem,
+        },
+        Fail::Unsupported(kind) => ArchiveError::Unsupported {
+            stream,
+            entry,
+            kind,
+        },
+    }
+}
+
+impl<'o> Unpacker<'o> {
+    fn new(opts: &'o UnpackOptions, tree: Beneath) -> Self {
+        Self {
+            opts,
+            tree,
+            layer: opts.whiteouts.then(LayerPaths::default),
+            dirs: Vec::new(),
+            report: UnpackReport::default(),
+            buffer: vec![0; BUFFER],
+            fallback: None,
+            first_entry: None,
         }
+    }
+
+    fn error(&self, fail: Fail, entry: &str) -> ArchiveError {
+        entry_error(&self.opts.source, fail, entry)
+    }
+
+    /// Applies every entry of `archive`, stopping at the first refusal.
+    fn read<R: Read>(&mut self, archive: R) -> Result<(), ArchiveError> {
+        let opts = self.opts;
+        let malformed = |position: String, error: io::Error| ArchiveError::Malformed {
+            stream: opts.source.clone(),
+            position,
+            error,
+        };
+        let mut archive = tar::Archive::new(BufReader::with_capacity(BUFFER, archive));
+        let entries = archive
+            .entries()
+            .map_err(|e| malformed("before the first entry".into(), e))?;
+        let mut previous: Option<String> = None;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| {
+                let position = match &previous {
+                    Some(path) => format!("after entry {path:?}"),
+                    None => "before the first entry".to_owned(),
+                };
+                malformed(position, e)
+            })?;
+            let raw_path = entry.path_bytes().into_owned();
+            let name = lossy(&raw_path);
+            self.apply(&mut entry, &raw_path, &name)
+                .map_err(|fail| self.error(fail, &name))?;
+            previous = Some(name);
+        }
+        Ok(())
     }
 
     fn apply<R: Read>(
@@ -249,6 +317,12 @@ impl Unpacker<'_> {
 
         if let Some(layer) = &mut self.layer {
             layer.record(&join(&path));
+        }
+        if let Some(first) = &mut self.first_entry {
+            for depth in 1..path.len() {
+                let dir = join(&path[..depth]);
+                first.entry(dir).or_insert_with(|| name.to_owned());
+            }
         }
 
         // The target of a hardlink is found before the link's own directory is.
@@ -332,7 +406,20 @@ impl Unpacker<'_> {
         if target == path {
             return Ok(None);
         }
-        match self.tree.dir(target_dirs, false) {
+        let found = self.tree.dir(target_dirs, false);
+        // Staging: what the archive did not bring is linked to from the real target.
+        let in_stage = match &found {
+            Ok(fd) => lstat_at(*fd, target_name)
+                .map_err(|e| Fail::Io("inspect hardlink target", e))?
+                .is_some(),
+            Err(WalkError::Missing) => false,
+            Err(_) => true,
+        };
+        let found = match (&mut self.fallback, in_stage) {
+            (Some(real), false) => real.dir(target_dirs, false),
+            _ => self.tree.dir(target_dirs, false),
+        };
+        match found {
             Ok(fd) => {
                 let fd = fd
                     .try_clone_to_owned()
@@ -427,44 +514,37 @@ impl Unpacker<'_> {
 
     /// Applies directory metadata, deepest first, after all entries.
     fn finish(mut self) -> Result<UnpackReport, ArchiveError> {
-        let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by_key(|dir| Reverse(dir.path.iter().filter(|&&b| b == b'/').count()));
-        for dir in dirs {
-            let name = lossy(&dir.path);
-            self.set_dir_meta(&dir)
-                .map_err(|fail| self.error(fail, &name))?;
-        }
+        let dirs = std::mem::take(&mut self.dirs);
+        apply_dir_meta(&mut self.tree, dirs, &self.opts.source)?;
         Ok(self.report)
-    }
-
-    fn set_dir_meta(&mut self, dir: &DirMeta) -> Result<(), Fail> {
-        let path = components(&dir.path).map_err(Fail::Escape)?;
-        let fd = match path.split_last() {
-            None => openat(self.tree.root(), ".", READ_DIR, Mode::empty()),
-            Some((name, parents)) => {
-                let parent = match self.tree.dir(parents, false) {
-                    Ok(fd) => fd,
-                    // Replaced or removed by a later entry: nothing to do.
-                    Err(
-                        WalkError::Missing | WalkError::NotDir { .. } | WalkError::Symlink { .. },
-                    ) => {
-                        return Ok(());
-                    }
-                    Err(e) => return Err(walk_fail(e, parents, "open directory")),
-                };
-                openat(parent, *name, READ_DIR, Mode::empty())
-            }
-        };
-        let fd = match fd {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(()),
-            Err(errno) => return Err(Fail::Io("open directory", errno.into())),
-        };
-        dir.meta.apply_to_fd(&fd)
     }
 }
 
-fn walk_fail(error: WalkError, dirs: &[&[u8]], action: &'static str) -> Fail {
+fn set_dir_meta(tree: &mut Beneath, dir: &DirMeta) -> Result<(), Fail> {
+    let path = components(&dir.path).map_err(Fail::Escape)?;
+    let fd = match path.split_last() {
+        None => openat(tree.root(), ".", READ_DIR, Mode::empty()),
+        Some((name, parents)) => {
+            let parent = match tree.dir(parents, false) {
+                Ok(fd) => fd,
+                // Replaced or removed by a later entry: nothing to do.
+                Err(WalkError::Missing | WalkError::NotDir { .. } | WalkError::Symlink { .. }) => {
+                    return Ok(());
+                }
+                Err(e) => return Err(walk_fail(e, parents, "open directory")),
+            };
+            openat(parent, *name, READ_DIR, Mode::empty())
+        }
+    };
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(()),
+        Err(errno) => return Err(Fail::Io("open directory", errno.into())),
+    };
+    dir.meta.apply_to_fd(&fd)
+}
+
+pub(crate) fn walk_fail(error: WalkError, dirs: &[&[u8]], action: &'static str) -> Fail {
     match error {
         WalkError::Symlink { depth } => {
             Fail::Escape(EscapeReason::Symlink(lossy(&join(&dirs[..=depth]))))

@@ -69,13 +69,13 @@ pub struct Server {
 impl Server {
     /// Starts a server on `state` and waits until its socket answers.
     pub fn start(state: &Path) -> Server {
-        Server::start_with(state, None, &[])
+        Server::start_full(state, None, &[])
     }
 
     /// Starts a server inside the network namespace `netns` (so that the
     /// bridges, taps and rules it makes live there).
     pub fn start_in(state: &Path, netns: &crate::netns::Netns) -> Server {
-        Server::start_with(state, Some(netns), &[])
+        Server::start_full(state, Some(netns), &[])
     }
 
     /// Starts a server (in `netns`, if given) that also serves plain HTTP
@@ -85,10 +85,17 @@ impl Server {
         netns: Option<&crate::netns::Netns>,
         addr: std::net::SocketAddr,
     ) -> Server {
-        Server::start_with(state, netns, &["--tcp".into(), addr.to_string()])
+        Server::start_full(state, netns, &["--tcp".into(), addr.to_string()])
     }
 
-    fn start_with(state: &Path, netns: Option<&crate::netns::Netns>, extra: &[String]) -> Server {
+    /// Starts a server on `state` with options after `serve` (e.g.
+    /// `["--linger", "3s"]`).
+    pub fn start_with(state: &Path, args: &[&str]) -> Server {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Server::start_full(state, None, &args)
+    }
+
+    fn start_full(state: &Path, netns: Option<&crate::netns::Netns>, extra: &[String]) -> Server {
         let netns = netns.map(|n| n.name.clone());
         let s = Server {
             state: state.to_path_buf(),

@@ -1,6 +1,7 @@
 //! End to end: archive transfers (`docker cp`) with the tether of a real
 //! microVM (QEMU TCG), in a running container and in maintenance mode.
-//! Checks are grouped so that the whole file boots three VMs.
+//! Checks are grouped so that the whole file boots four VMs (one through
+//! `appliance serve`, for copies out to the host).
 
 use std::io::Read;
 use std::time::Duration;
@@ -121,6 +122,192 @@ impl tokio::io::AsyncRead for FailingAfter {
         self.n -= k;
         std::task::Poll::Ready(Ok(()))
     }
+}
+
+/// A tar entry named `name` byte for byte (the `tar` crate's Builder
+/// refuses `..`), appended to `tar` before its end blocks are added.
+fn raw_entry(tar: &mut Vec<u8>, name: &[u8], data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    tar.extend_from_slice(data);
+    tar.resize(tar.len().div_ceil(512) * 512, 0);
+}
+
+/// Good entries (a file replacing one that is there, a new directory), then
+/// whatever `more` appends, then the end blocks.
+fn good_then(more: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    append(&mut b, "first", 0o644, 0, b"1\n");
+    append(&mut b, "file", 0o644, 0, b"replaced\n");
+    append(&mut b, "newdir/", 0o755, 0, b"");
+    append(&mut b, "newdir/inner", 0o644, 0, b"inner\n");
+    more(&mut b);
+    b.into_inner().expect("tar")
+}
+
+fn symlink_entry(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    b.append_link(&mut h, path, target).expect("tar symlink");
+}
+
+/// Copies in that are refused leave the destination as it was: its
+/// listing, with types, modes, sizes and times, the directory's own
+/// included, is the same before and after. Then a destination that is
+/// itself a symlink is refused, not followed.
+async fn refused_copies_change_nothing(c: &Client) {
+    run(
+        c,
+        "atomic-setup",
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/atomic && echo old > /tmp/atomic/file",
+        ],
+    )
+    .await;
+    let listing = async |tag: &str| {
+        let script = "cd /tmp/atomic && find . | sort | while read f; do \
+                      stat -c '%n %F %a %s %Y' \"$f\"; done; cat file";
+        run(c, &format!("atomic-ls-{tag}"), &["sh", "-c", script]).await
+    };
+    let before = listing("before").await;
+    assert!(before.contains("./file regular file 644 4 "), "{before}");
+
+    // Good entries, then one that climbs out.
+    let mut tar = good_then(|_| {});
+    tar.truncate(tar.len() - 1024);
+    raw_entry(&mut tar, b"../escaped", b"x");
+    tar.resize(tar.len() + 1024, 0);
+    let (code, element, message) = remote(
+        c.archive_put("/tmp/atomic", tar.as_slice())
+            .await
+            .expect_err("the copy was taken"),
+    );
+    assert_eq!(
+        (code, element.as_str()),
+        (Code::InvalidArgument as i32, "../escaped")
+    );
+    assert!(message.contains("path leaves the target"), "{message}");
+    assert_eq!(
+        listing("escape").await,
+        before,
+        "the refused copy changed the target"
+    );
+    let (code, ..) = remote(
+        c.archive_stat("/tmp/escaped")
+            .await
+            .expect_err("written outside"),
+    );
+    assert_eq!(code, Code::NotFound as i32);
+
+    // A planted `rootlink -> /`, then an entry through it.
+    let tar = good_then(|b| {
+        symlink_entry(b, "rootlink", "/");
+        append(b, "rootlink/tmp/planted", 0o644, 0, b"x");
+    });
+    let (code, element, message) = remote(
+        c.archive_put("/tmp/atomic", tar.as_slice())
+            .await
+            .expect_err("the copy was taken"),
+    );
+    assert_eq!(
+        (code, element.as_str()),
+        (Code::InvalidArgument as i32, "rootlink/tmp/planted")
+    );
+    assert!(
+        message.contains("Path goes through symlink \"rootlink\""),
+        "{message}"
+    );
+    assert_eq!(
+        listing("rootlink").await,
+        before,
+        "the planted link was left"
+    );
+    let (code, ..) = remote(
+        c.archive_stat("/tmp/planted")
+            .await
+            .expect_err("written through the link"),
+    );
+    assert_eq!(code, Code::NotFound as i32);
+
+    // A symlink already in the container, gone through by a later entry.
+    run(c, "atomic-link", &["ln", "-s", "/", "/tmp/atomic/link"]).await;
+    let before = listing("with-link").await;
+    let tar = good_then(|b| append(b, "link/tmp/planted", 0o644, 0, b"x"));
+    let (_, element, message) = remote(
+        c.archive_put("/tmp/atomic", tar.as_slice())
+            .await
+            .expect_err("the copy was taken"),
+    );
+    assert_eq!(element, "link/tmp/planted");
+    assert!(
+        message.contains("Path goes through symlink \"link\""),
+        "{message}"
+    );
+    assert_eq!(listing("link").await, before);
+
+    // The destination itself a symlink: not followed, with or without "/".
+    run(
+        c,
+        "atomic-dest",
+        &["ln", "-s", "/tmp/atomic", "/tmp/to-atomic"],
+    )
+    .await;
+    let good = good_then(|_| {});
+    for dest in ["/tmp/to-atomic", "/tmp/to-atomic/"] {
+        let (code, element, message) = remote(
+            c.archive_put(dest, good.as_slice())
+                .await
+                .expect_err("the copy was taken"),
+        );
+        assert_eq!(
+            (code, element.as_str()),
+            (Code::InvalidArgument as i32, dest)
+        );
+        assert_eq!(
+            message,
+            format!(
+                "{dest:?} is a symlink (to \"/tmp/atomic\"), which a copy does not follow: \
+                 give the directory itself"
+            )
+        );
+    }
+    assert_eq!(listing("dest").await, before);
+
+    // The same good entries alone go in, and leave no stage behind.
+    let result = c
+        .archive_put("/tmp/atomic", good.as_slice())
+        .await
+        .expect("the good entries alone");
+    assert_eq!(result.entries, 4);
+    let after = run(c, "atomic-after", &["ls", "-a", "/tmp/atomic"]).await;
+    let names: Vec<&str> = after.lines().collect();
+    assert_eq!(
+        names,
+        [".", "..", "file", "first", "link", "newdir"],
+        "{after}"
+    );
+    assert_eq!(
+        run(
+            c,
+            "atomic-cat",
+            &["cat", "/tmp/atomic/file", "/tmp/atomic/newdir/inner"]
+        )
+        .await,
+        "replaced\ninner\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,6 +432,8 @@ async fn copies_out_of_and_into_a_running_container() {
     let (code, ..) = remote(c.archive_stat("/etc/evil").await.unwrap_err());
     assert_eq!(code, Code::NotFound as i32, "/etc/evil was written");
 
+    refused_copies_change_nothing(c).await;
+
     // The destination must be an existing directory outside /proc, /sys and
     // /dev.
     let (code, element, message) = remote(
@@ -349,4 +538,104 @@ async fn a_maintenance_vm_serves_copies_and_powers_off_when_told_or_left() {
     let console = launched.vm.console();
     assert!(gone.is_ok(), "VM still running; console:\n{console}");
     assert!(console.contains("no host connected for 5s"), "{console}");
+}
+
+/// Copying out to the host with `appliance cp`: the container's symlinks,
+/// absolute ones included, arrive as symlinks pointing where they point, and
+/// the copy follows none of them; a host destination that is a symlink is
+/// refused; a host symlink where the copy brings a directory of the same
+/// name is replaced, not written through.
+#[test]
+fn copies_out_to_the_host_follow_no_symlink() {
+    use std::path::Path;
+    use tests::server::{Server, stderr};
+
+    let d = tempfile::tempdir().expect("tempdir");
+    let state = d.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let s = Server::start(&state);
+    let setup = "mkdir -p /out/sub && echo hi > /out/sub/f && ln -s / /out/rootlink \
+                 && ln -s /etc/passwd /out/abs && touch /ready && sleep 600";
+    let o = s.cli(&[
+        "run", "-d", "--name", "src", "busybox", "--", "sh", "-c", setup,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let o = s.cli(&["exec", "src", "--", "test", "-e", "/ready"]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container did not set up: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cp = |dst: &Path| s.cli(&["cp", "src:/out", dst.to_str().unwrap()]);
+    let link = |p: &Path| std::fs::read_link(p).map(|t| t.display().to_string());
+
+    // Into a host directory, twice (the second time over what the first
+    // left): the links are links, never followed.
+    let host = d.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    for round in 0..2 {
+        let o = cp(&host);
+        assert!(o.status.success(), "round {round}: {}", stderr(&o));
+        assert_eq!(link(&host.join("out/rootlink")).unwrap(), "/");
+        assert_eq!(link(&host.join("out/abs")).unwrap(), "/etc/passwd");
+        assert_eq!(
+            std::fs::read_to_string(host.join("out/sub/f")).unwrap(),
+            "hi\n"
+        );
+    }
+    let names: Vec<_> = std::fs::read_dir(&host)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["out"], "a stage was left behind");
+
+    // A destination that is a symlink is refused, with or without "/".
+    let real = d.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let to_real = d.path().join("to-real");
+    std::os::unix::fs::symlink(&real, &to_real).unwrap();
+    for dst in [
+        to_real.clone(),
+        Path::new(&format!("{}/", to_real.display())).to_path_buf(),
+    ] {
+        let o = cp(&dst);
+        assert_ne!(o.status.code(), Some(0));
+        assert!(stderr(&o).contains("is a symlink"), "{}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read_dir(&real).unwrap().count(),
+        0,
+        "the symlink was followed"
+    );
+
+    // A host symlink named like the copy's top directory is replaced.
+    let dest = d.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let sentinel = d.path().join("sentinel");
+    std::fs::create_dir(&sentinel).unwrap();
+    std::os::unix::fs::symlink(&sentinel, dest.join("out")).unwrap();
+    let o = cp(&dest);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::symlink_metadata(dest.join("out"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("out/sub/f")).unwrap(),
+        "hi\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(&sentinel).unwrap().count(),
+        0,
+        "written through"
+    );
+    assert!(s.cli(&["rm", "-f", "src"]).status.success());
 }

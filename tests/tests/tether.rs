@@ -488,6 +488,67 @@ async fn a_new_host_connection_resumes_output_where_the_last_one_stopped() {
     assert_eq!(rest.exit_code, Some(0));
 }
 
+/// A host that got the exit status but did not say it stored it (it died
+/// first) has not taken it: the finished VM stays up, and powers off once
+/// a host acknowledges the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_vm_stays_until_its_exit_status_is_acknowledged() {
+    let vm = boot(session("main", &["sh", "-c", "echo bye; exit 5"])).await;
+    let mut a = vm
+        .client
+        .attach("main", (0, 0), false)
+        .await
+        .unwrap()
+        .manual_ack();
+    let (mut out, mut code) = (Vec::new(), None);
+    while let Some(ev) = a.next().await.unwrap() {
+        match ev {
+            AttachEvent::Stdout(b) => out.extend_from_slice(&b),
+            AttachEvent::Exit(c) => code = Some(c),
+            AttachEvent::Stderr(_) => {}
+        }
+    }
+    assert_eq!((out.as_slice(), code), (&b"bye\n"[..], Some(5)));
+    // All output acknowledged, the exit status only received.
+    vm.client.ack("main", out.len() as u64, 0).await.unwrap();
+    let TestVm {
+        mut launched,
+        client,
+        key,
+        dir: _dir,
+    } = vm;
+    drop(a);
+    client.close().await;
+    let early = tokio::time::timeout(Duration::from_secs(6), launched.vm.wait()).await;
+    assert!(
+        early.is_err(),
+        "the VM powered off with its exit status unacknowledged; console:\n{}",
+        launched.vm.console()
+    );
+
+    // The next host finds it, stores it (here: holds it) and says so.
+    let client = launched.connect(&key, BOOT_TIMEOUT).await.unwrap();
+    let st = client.status("main").await.unwrap();
+    assert_eq!(st.sessions[0].exit_code, 5);
+    assert_eq!(st.sessions[0].stdout_acked, 4);
+    client.ack_exit("main", 0, 0).await.unwrap();
+    assert!(
+        tokio::time::timeout(T, launched.vm.wait()).await.is_ok(),
+        "the VM did not power off once everything was acknowledged"
+    );
+    let console = launched.vm.console();
+    assert!(
+        console.contains(
+            "waiting up to 30s for a host to take: exit status 5 of session main unacknowledged"
+        ),
+        "{console}"
+    );
+    assert!(
+        console.contains("a host took the output and the exit status"),
+        "{console}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_and_resume_through_qmp() {
     use appliance::backend::local::qmp::Qmp;

@@ -2,8 +2,9 @@
 //!
 //! Boots the container (mounts, modules, spec, root filesystem, identity,
 //! network, volumes), serves the host over SSH on the transport, runs the
-//! primary session and powers the VM off when it is done, or when the host
-//! asks. In maintenance mode (no primary session) it only serves the host
+//! primary session and powers the VM off when it is done (and a host has
+//! taken its output and exit status, within the linger bound), or when the
+//! host asks. In maintenance mode (no primary session) it only serves the host
 //! until asked to power off or left without a host. This file owns the order
 //! of those steps and when the VM ends, nothing else.
 
@@ -23,7 +24,17 @@ use std::time::Duration;
 use proto::v1::ContainerSpec;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-const DEFAULT_LINGER: Duration = Duration::from_secs(60);
+/// The upper bound, after the primary exits, on waiting for a host to take
+/// the output and the exit status (spec `linger_seconds` 0).
+const DEFAULT_LINGER: Duration = Duration::from_secs(24 * 60 * 60);
+/// Maintenance mode: power off once no host has been connected this long
+/// (spec `linger_seconds` 0).
+const DEFAULT_MAINTENANCE_IDLE: Duration = Duration::from_secs(60);
+/// While everything is usually taken at once, how often delivery is checked;
+/// after `FAST_PHASE`, every `SLOW_POLL` (the wait may last hours).
+const FAST_POLL: Duration = Duration::from_millis(10);
+const FAST_PHASE: Duration = Duration::from_secs(2);
+const SLOW_POLL: Duration = Duration::from_millis(250);
 /// Time for the answer to a power-off request to leave the VM.
 const REPLY_FLUSH: Duration = Duration::from_millis(100);
 
@@ -112,8 +123,8 @@ async fn run() -> Result<(), Fatal> {
     let port = transport::find_port(&port_name(&spec), Duration::from_secs(10))?;
     tokio::spawn(server.serve_forever(port));
     console::line(format_args!("tether ready"));
-    let linger = match spec.linger_seconds {
-        0 => DEFAULT_LINGER,
+    let linger_or = |default| match spec.linger_seconds {
+        0 => default,
         n => Duration::from_secs(u64::from(n)),
     };
     let asked_to_power_off = async {
@@ -125,10 +136,11 @@ async fn run() -> Result<(), Fatal> {
 
     if maintenance {
         info!("maintenance mode: no process started, serving the host");
+        let idle = linger_or(DEFAULT_MAINTENANCE_IDLE);
         tokio::select! {
             () = &mut asked_to_power_off => {}
-            () = server::until_host_absent_for(presence, linger) => {
-                info!("no host connected for {linger:?}");
+            () = server::until_host_absent_for(presence, idle) => {
+                info!("no host connected for {idle:?}");
             }
         }
         return Ok(());
@@ -145,28 +157,73 @@ async fn run() -> Result<(), Fatal> {
     };
     info!("primary session exited with code {}", status.exit_code);
 
-    // The container is done: end the other sessions, then give the host the
-    // linger time to take the remaining output.
+    // The container is done: end the other sessions, then keep everything
+    // until a host has taken it (a host may be away for a while: an
+    // appliance restarting), up to the linger bound.
     for s in sessions.list() {
         s.kill_group();
     }
-    // Done when every byte is acknowledged and the host has been sent the
-    // primary's exit status (a process that ends before the host connects
-    // must not take its exit code with it).
-    let drained = tokio::time::timeout(linger, async {
-        while !(sessions.list().iter().all(|s| s.drained()) && primary.exit_delivered()) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Let the last reply leave the channel.
-        tokio::time::sleep(REPLY_FLUSH).await;
-    });
+    let linger = linger_or(DEFAULT_LINGER);
+    let delivered = tokio::time::timeout(linger, until_delivered(&sessions, &primary, linger));
     tokio::select! {
-        drained = drained => if drained.is_err() {
-            info!("host did not take all output within {linger:?}");
+        delivered = delivered => if delivered.is_err() {
+            error!(
+                "linger limit of {linger:?} reached: powering off with what no host took: {}",
+                undelivered(&sessions, &primary).join("; ")
+            );
         },
         () = &mut asked_to_power_off => {}
     }
     Ok(())
+}
+
+/// Returns once every byte of every session is acknowledged and a host has
+/// acknowledged the primary's exit status as stored (a process that ends
+/// before the host connects must not take its exit code with it).
+async fn until_delivered(
+    sessions: &session::Sessions,
+    primary: &session::Session,
+    linger: Duration,
+) {
+    let done = || sessions.list().iter().all(|s| s.drained()) && primary.exit_acked();
+    let started = tokio::time::Instant::now();
+    let mut said = false;
+    while !done() {
+        if started.elapsed() < FAST_PHASE {
+            tokio::time::sleep(FAST_POLL).await;
+            continue;
+        }
+        if !said {
+            said = true;
+            info!(
+                "waiting up to {linger:?} for a host to take: {}",
+                undelivered(sessions, primary).join("; ")
+            );
+        }
+        tokio::time::sleep(SLOW_POLL).await;
+    }
+    if said {
+        info!("a host took the output and the exit status");
+    }
+    // Let the last reply leave the channel.
+    tokio::time::sleep(REPLY_FLUSH).await;
+}
+
+/// What no host has taken yet, one phrase each.
+fn undelivered(sessions: &session::Sessions, primary: &session::Session) -> Vec<String> {
+    let mut out: Vec<String> = sessions
+        .list()
+        .iter()
+        .filter_map(|s| s.undelivered())
+        .collect();
+    if !primary.exit_acked() {
+        out.push(format!(
+            "exit status {} of session {} unacknowledged",
+            primary.life().exit_code,
+            primary.id()
+        ));
+    }
+    out
 }
 
 fn port_name(spec: &ContainerSpec) -> String {

@@ -3,7 +3,12 @@
 //!
 //! Owns the local side: packing a host path for copying in, and unpacking
 //! what comes out with the same protections the guest applies (nothing is
-//! written outside the destination; device nodes are not made).
+//! written outside the destination; device nodes are not made), all or
+//! nothing: a refused archive leaves the destination as it was. A
+//! destination that is itself a symlink is refused, not followed. Symlinks
+//! in the container's tar, absolute ones included (`rootlink -> /`), are
+//! recreated as symlinks, pointing where they point; the copy never
+//! follows them (nor any other symlink under the destination).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -131,7 +136,9 @@ async fn copy_out(client: &Client, id: &str, path: &str, dst: Side) -> anyhow::R
 }
 
 /// Unpacks into `dst`: into it if it is a directory, else as `dst` itself
-/// (the top entry takes its name, as `docker cp` does).
+/// (the top entry takes its name, as `docker cp` does). Either way the
+/// archive is staged first and moved into place only once it was accepted
+/// whole; a `dst` that is a symlink is refused.
 fn unpack_to(rx: std::sync::mpsc::Receiver<bytes::Bytes>, dst: &Path) -> anyhow::Result<()> {
     let reader = ChunkReader {
         rx,
@@ -143,9 +150,20 @@ fn unpack_to(rx: std::sync::mpsc::Receiver<bytes::Bytes>, dst: &Path) -> anyhow:
         same_owner: nix::unistd::geteuid().is_root(),
         devices: archive::DevicePolicy::Skip,
     };
-    if dst.is_dir() {
-        archive::unpack(reader, dst, &opts).map_err(|e| anyhow::anyhow!(chain(&e)))?;
-        return Ok(());
+    // Judged on the name itself (a trailing "/" would make the kernel
+    // follow a symlink).
+    let named = without_trailing_slash(dst);
+    let named = named.as_path();
+    match std::fs::symlink_metadata(named) {
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "{} is a symlink, which cp does not follow: give the directory itself",
+            dst.display()
+        ),
+        Ok(m) if m.is_dir() => {
+            archive::unpack_staged(reader, named, &opts).map_err(|e| anyhow::anyhow!(chain(&e)))?;
+            return Ok(());
+        }
+        _ => {}
     }
     let parent = match dst.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -170,6 +188,17 @@ fn unpack_to(rx: std::sync::mpsc::Receiver<bytes::Bytes>, dst: &Path) -> anyhow:
     std::fs::rename(&top, parent.join(name))
         .with_context(|| format!("Moving the copy to {}", dst.display()))?;
     Ok(())
+}
+
+/// `path` without trailing slashes ("/" stays "/").
+fn without_trailing_slash(path: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let mut n = bytes.len();
+    while n > 1 && bytes[n - 1] == b'/' {
+        n -= 1;
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&bytes[..n]))
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -234,5 +263,96 @@ mod tests {
         assert_eq!(side("/tmp/a:b"), Side::Host("/tmp/a:b".into()));
         assert_eq!(side("./a:b"), Side::Host("./a:b".into()));
         assert_eq!(side("plain"), Side::Host("plain".into()));
+    }
+
+    #[test]
+    fn destinations_are_judged_without_their_trailing_slash() {
+        assert_eq!(without_trailing_slash(Path::new("out//")), Path::new("out"));
+        assert_eq!(without_trailing_slash(Path::new("/")), Path::new("/"));
+        assert_eq!(without_trailing_slash(Path::new("a/b")), Path::new("a/b"));
+    }
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let mut h = header(tar::EntryType::Regular, data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    fn refusing_tar() -> Vec<u8> {
+        // Good entries, a planted link to "/", then an entry through it.
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "good", b"ok");
+        let mut h = header(tar::EntryType::Symlink, 0);
+        b.append_link(&mut h, "rootlink", "/").unwrap();
+        file(&mut b, "rootlink/tmp/planted", b"x");
+        b.into_inner().unwrap()
+    }
+
+    fn feed(tar: Vec<u8>) -> std::sync::mpsc::Receiver<bytes::Bytes> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        tx.send(bytes::Bytes::from(tar)).unwrap();
+        rx
+    }
+
+    #[test]
+    fn a_refused_copy_out_changes_nothing_on_the_host() {
+        let t = tempfile::tempdir().unwrap();
+        let into = t.path().join("into");
+        std::fs::create_dir(&into).unwrap();
+        std::fs::write(into.join("mine"), "mine").unwrap();
+        let err = unpack_to(feed(refusing_tar()), &into)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"rootlink/tmp/planted\""), "{err}");
+        let names: Vec<_> = std::fs::read_dir(&into)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["mine"], "the destination changed");
+
+        // A new name: nothing appears.
+        let fresh = t.path().join("fresh");
+        assert!(unpack_to(feed(refusing_tar()), &fresh).is_err());
+        let names: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["into"], "something was left");
+    }
+
+    #[test]
+    fn a_destination_that_is_a_symlink_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "good", b"ok");
+        let tar = b.into_inner().unwrap();
+        // Through the link's target itself, the copy is taken.
+        unpack_to(feed(tar.clone()), &real).unwrap();
+        std::fs::remove_file(real.join("good")).unwrap();
+        for dst in [link.clone(), PathBuf::from(format!("{}/", link.display()))] {
+            let err = unpack_to(feed(tar.clone()), &dst).unwrap_err().to_string();
+            assert!(err.contains("is a symlink"), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

@@ -58,6 +58,20 @@ pub struct ServeArgs {
     /// Directory with vmlinuz, initrd.img and bootstrap.iso.
     #[arg(long, env = "APPLIANCE_BOOT_DIR")]
     boot_dir: Option<PathBuf>,
+    /// How long at most the VM of a container that has finished keeps its
+    /// output and exit code for an appliance that is away (e.g. 90s, 2h),
+    /// before it powers off anyway and says so on its console. Applies to
+    /// the containers this server starts.
+    #[arg(long, env = "APPLIANCE_LINGER", default_value = "24h", value_parser = parse_linger)]
+    linger: std::time::Duration,
+}
+
+fn parse_linger(s: &str) -> Result<std::time::Duration, String> {
+    match super::logs::parse_duration(s) {
+        Some(d) if d >= std::time::Duration::from_secs(1) => Ok(d),
+        Some(_) => Err("the linger time must be at least 1s".into()),
+        None => Err(format!("{s:?} is not a duration (e.g. 90s, 30m, 24h)")),
+    }
 }
 
 /// The server's own log (also served at `/diagnostics/logs`).
@@ -95,7 +109,14 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
         let storage = storage.clone();
         tokio::task::spawn_blocking(move || storage.sweep_all_blobs());
     }
-    let backend = LocalBackend::new(state, artifacts, accel, client_key, storage.clone());
+    let backend = LocalBackend::new(
+        state,
+        artifacts,
+        accel,
+        client_key,
+        storage.clone(),
+        args.linger,
+    );
     let pl = PortLayer::with_storage(store.clone(), events, Some(storage), key, backend.clone());
 
     // Operations a killed appliance left "running" end as failed.
@@ -248,4 +269,20 @@ pub fn client_key(state: &Path) -> anyhow::Result<russh::keys::PrivateKey> {
     std::fs::write(&path, appliance::keys::private_openssh(&key)?)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linger_takes_durations_of_a_second_or_more() {
+        assert_eq!(
+            parse_linger("24h"),
+            Ok(std::time::Duration::from_secs(86_400))
+        );
+        assert_eq!(parse_linger("3s"), Ok(std::time::Duration::from_secs(3)));
+        assert!(parse_linger("500ms").unwrap_err().contains("at least 1s"));
+        assert!(parse_linger("soon").unwrap_err().contains("not a duration"));
+    }
 }

@@ -9,6 +9,11 @@
 //! byte is never acknowledged before it is on disk, and never stored twice.
 //!
 //! Record: `u64 time (unix ns, LE) | u8 stream (1 stdout, 2 stderr) | u32 len (LE) | len bytes`.
+//!
+//! Beside the log, `<task>.exit` holds the session's exit code (decimal)
+//! once the host has it on disk: only then is the exit status acknowledged
+//! to the tether, and an appliance restarted after the VM is gone still
+//! knows how the task ended.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -130,6 +135,10 @@ impl LogWriter {
         self.ends
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Appends one record (not yet durable: see `sync`).
     pub fn append(&mut self, stream: Stream, time: i64, data: &[u8]) -> Result<(), LogError> {
         if data.is_empty() {
@@ -172,6 +181,40 @@ impl LogWriter {
             ends: self.ends,
         })
     }
+}
+
+/// The file beside the log `log` that holds its session's exit code.
+pub fn exit_path(log: &Path) -> PathBuf {
+    log.with_extension("exit")
+}
+
+/// Stores the exit code of the log's session durably: written to a
+/// temporary file, synced, renamed into place, the directory synced.
+/// Blocks on the disk.
+pub fn store_exit(log: &Path, code: i32) -> Result<(), LogError> {
+    let path = exit_path(log);
+    let err = |source| LogError::Io {
+        path: path.clone(),
+        source,
+    };
+    let tmp = log.with_extension("exit.tmp");
+    {
+        let mut f = File::create(&tmp).map_err(err)?;
+        f.write_all(format!("{code}\n").as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The exit code stored for the log's session, if any.
+pub fn stored_exit(log: &Path) -> Option<i32> {
+    std::fs::read_to_string(exit_path(log))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 /// A log's bytes up to `ends`, to be made durable (see `LogWriter::syncer`).
@@ -647,6 +690,25 @@ mod tests {
             .flat_map(|r| r.data)
             .collect();
         assert_eq!(all, b"hello\nworld\nagain\n");
+    }
+
+    #[test]
+    fn an_exit_code_is_stored_beside_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("task.log");
+        assert_eq!(stored_exit(&log), None);
+        store_exit(&log, 137).unwrap();
+        assert_eq!(exit_path(&log), d.path().join("task.exit"));
+        assert_eq!(stored_exit(&log), Some(137));
+        store_exit(&log, -1).unwrap();
+        assert_eq!(stored_exit(&log), Some(-1));
+        // Nothing else is left beside it.
+        let mut names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["task.exit"]);
     }
 
     #[test]

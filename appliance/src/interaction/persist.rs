@@ -3,11 +3,13 @@
 //!
 //! Owns the attach-append-sync-ack loop. Resumes from the log's own ends,
 //! so a restarted appliance picks up exactly where the stored bytes end:
-//! nothing the tether kept is lost, nothing stored is stored twice.
+//! nothing the tether kept is lost, nothing stored is stored twice. The exit
+//! status is acknowledged too, once it is stored beside the log
+//! (`logs::store_exit`): until then the tether keeps it (and its VM).
 
 use std::time::{Duration, Instant, SystemTime};
 
-use super::logs::{LogError, LogWriter, Stream};
+use super::logs::{self, LogError, LogWriter, Stream};
 use crate::tether::{AttachEvent, Client, ClientError};
 
 /// Acknowledge at least this often while output flows...
@@ -62,6 +64,7 @@ pub async fn follow(
     let mut synced = from.stdout + from.stderr;
     let mut last_sync = Instant::now();
     let mut exit = None;
+    let mut exit_stored = false;
     loop {
         // Wake up at least every SYNC_INTERVAL so that output that stops
         // flowing is still made durable and acknowledged promptly.
@@ -105,6 +108,24 @@ pub async fn follow(
                 .map_err(tether)?;
             synced = durable.stdout + durable.stderr;
             last_sync = Instant::now();
+        }
+        if let Some(code) = exit.filter(|_| !exit_stored) {
+            let path = log.path().to_path_buf();
+            tokio::task::spawn_blocking(move || logs::store_exit(&path, code))
+                .await
+                .map_err(|e| {
+                    logerr(LogError::Io {
+                        path: Default::default(),
+                        source: std::io::Error::other(e),
+                    })
+                })?
+                .map_err(logerr)?;
+            let ends = log.ends();
+            client
+                .ack_exit(session, ends.stdout, ends.stderr)
+                .await
+                .map_err(tether)?;
+            exit_stored = true;
         }
         if ended {
             return Ok(exit);

@@ -7,9 +7,10 @@
 //! tether's credit (`proto::flow`).
 //!
 //! The attach keeps the offsets of what it has received and acknowledges
-//! them to the tether (every `ACK_EVERY` bytes and at the end), which lets
-//! the tether drop that output. A caller that persists output elsewhere
-//! acknowledges only after persisting: see `Attach::manual_ack`.
+//! them to the tether (every `ACK_EVERY` bytes and at the end, with the exit
+//! status once it is taken), which lets the tether drop that output and,
+//! for the primary session, power off. A caller that persists output
+//! elsewhere acknowledges only after persisting: see `Attach::manual_ack`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,7 +106,8 @@ impl Queue {
             let notified = self.more.notified();
             let front = match self.items.lock().unwrap_or_else(|e| e.into_inner()).front() {
                 Some(Item::Stdout(_) | Item::Stderr(_)) => Some(Front::Data),
-                Some(Item::Exit(_) | Item::End) => Some(Front::Last),
+                Some(Item::Exit(_)) => Some(Front::Exit),
+                Some(Item::End) => Some(Front::End),
                 None => None,
             };
             if let Some(f) = front {
@@ -127,8 +129,10 @@ impl Queue {
 
 enum Front {
     Data,
-    /// The exit status or the end: output is complete before it.
-    Last,
+    /// The exit status: output is complete before it.
+    Exit,
+    /// The end of the stream.
+    End,
 }
 
 /// Moves everything off the channel at once, so that the connection (shared
@@ -220,9 +224,16 @@ impl Attach {
         (self.stdout, self.stderr)
     }
 
-    async fn ack(&mut self) -> Result<(), ClientError> {
+    async fn ack(&mut self, exit_status: bool) -> Result<(), ClientError> {
         self.acked = self.stdout + self.stderr;
-        super::Client::ack_via(&self.rpc, &self.session, self.stdout, self.stderr).await
+        super::Client::ack_via(
+            &self.rpc,
+            &self.session,
+            self.stdout,
+            self.stderr,
+            exit_status,
+        )
+        .await
     }
 
     /// The next event, or `None` once the stream has ended.
@@ -240,13 +251,16 @@ impl Attach {
             self.credited = self.consumed;
         }
         if self.auto_ack && self.stdout + self.stderr - self.acked >= ACK_EVERY {
-            self.ack().await?;
+            self.ack(false).await?;
         }
-        if matches!(self.queue.front().await, Front::Last)
-            && self.auto_ack
-            && self.acked != self.stdout + self.stderr
-        {
-            self.ack().await?;
+        let front = self.queue.front().await;
+        if self.auto_ack {
+            match front {
+                // Taken by the caller below: the exit status with all output.
+                Front::Exit => self.ack(true).await?,
+                Front::End if self.acked != self.stdout + self.stderr => self.ack(false).await?,
+                Front::Data | Front::End => {}
+            }
         }
         Ok(match self.queue.pop() {
             Some(Item::Stdout(data)) => {

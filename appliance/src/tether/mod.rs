@@ -298,16 +298,20 @@ impl Client {
             .map(drop)
     }
 
-    /// Waits for the session to exit and its output to close.
+    /// Waits for the session to exit and its output to close. The caller
+    /// holds the exit status once this returns, so it is acknowledged (not
+    /// the output: that is for whoever reads it).
     pub async fn wait(&self, session: &str) -> Result<SessionStatus, ClientError> {
-        session_reply(
+        let status = session_reply(
             self.rpc
                 .call(Req::Wait(WaitRequest {
                     session: session.into(),
                 }))
                 .await?,
             "wait",
-        )
+        )?;
+        self.ack_exit(session, 0, 0).await?;
+        Ok(status)
     }
 
     /// Stop signal, grace period, SIGKILL; zero values take the session's.
@@ -343,8 +347,22 @@ impl Client {
         }
     }
 
+    /// Tells the tether that output up to these offsets is stored: it may
+    /// drop it.
     pub async fn ack(&self, session: &str, stdout: u64, stderr: u64) -> Result<(), ClientError> {
-        Self::ack_via(&self.rpc, session, stdout, stderr).await
+        Self::ack_via(&self.rpc, session, stdout, stderr, false).await
+    }
+
+    /// Tells the tether that the session's exit status is stored (and its
+    /// output up to these offsets). A finished container's VM stays up until
+    /// its primary session's exit status is acknowledged so.
+    pub async fn ack_exit(
+        &self,
+        session: &str,
+        stdout: u64,
+        stderr: u64,
+    ) -> Result<(), ClientError> {
+        Self::ack_via(&self.rpc, session, stdout, stderr, true).await
     }
 
     async fn ack_via(
@@ -352,11 +370,13 @@ impl Client {
         session: &str,
         stdout: u64,
         stderr: u64,
+        exit_status: bool,
     ) -> Result<(), ClientError> {
         rpc.call(Req::Ack(AckRequest {
             session: session.into(),
             stdout_offset: stdout,
             stderr_offset: stderr,
+            exit_status,
         }))
         .await
         .map(drop)

@@ -125,10 +125,9 @@ pub async fn serve(channel: Channel<Msg>, req: AttachRequest, session: Arc<Sessi
     });
     let (a, b) = tokio::join!(out, err);
     if a.is_ok() && b.is_ok() {
+        // Delivered only once the host acknowledges it as stored (`Ack`).
         let status = session.wait().await;
-        if wr.exit_status(status.exit_code as u32).await.is_ok() {
-            session.mark_exit_delivered();
-        }
+        let _ = wr.exit_status(status.exit_code as u32).await;
         let _ = wr.eof().await;
         let _ = wr.close().await;
     }

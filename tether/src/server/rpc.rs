@@ -82,7 +82,9 @@ fn session_err(e: SessionError, element: &str) -> Resp {
         SessionError::NotFound(_) => Code::NotFound,
         SessionError::AlreadyExists(_) => Code::AlreadyExists,
         SessionError::Invalid(_) | SessionError::BadSignal(_) => Code::InvalidArgument,
-        SessionError::NotRunning(_) | SessionError::NoTty(_) => Code::FailedPrecondition,
+        SessionError::NotRunning(_) | SessionError::NotExited(_) | SessionError::NoTty(_) => {
+            Code::FailedPrecondition
+        }
         SessionError::Io { .. } => Code::Internal,
     };
     err(code, e.to_string(), element)
@@ -131,11 +133,7 @@ pub async fn handle(shared: &Shared, body: Option<Req>) -> Resp {
             Err(e) => session_err(e, &x.session),
         },
         Req::Wait(x) => match sessions.get(&x.session) {
-            Ok(s) => {
-                let status = s.wait().await;
-                s.mark_exit_delivered();
-                Resp::Session(status)
-            }
+            Ok(s) => Resp::Session(s.wait().await),
             Err(e) => session_err(e, &x.session),
         },
         Req::Status(x) => {
@@ -158,7 +156,10 @@ pub async fn handle(shared: &Shared, body: Option<Req>) -> Resp {
             Ok(s) => {
                 s.stdout.ack(x.stdout_offset);
                 s.stderr.ack(x.stderr_offset);
-                Resp::Ok(Empty {})
+                match x.exit_status.then(|| s.ack_exit()) {
+                    Some(Err(e)) => session_err(e, &x.session),
+                    Some(Ok(())) | None => Resp::Ok(Empty {}),
+                }
             }
             Err(e) => session_err(e, &x.session),
         },

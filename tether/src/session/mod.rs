@@ -37,6 +37,8 @@ pub enum SessionError {
     Invalid(String),
     #[error("Session {0:?} is not running")]
     NotRunning(String),
+    #[error("Session {0:?} has not exited")]
+    NotExited(String),
     #[error("Session {0:?} has no terminal")]
     NoTty(String),
     #[error("Signal {0} is not a valid signal number")]
@@ -108,9 +110,9 @@ pub struct Session {
     life: watch::Sender<Life>,
     stdin: StdinQueue,
     pty: Mutex<Option<Arc<AsyncFd<OwnedFd>>>>,
-    /// The host has been sent the exit status (on an attach channel or in
-    /// a `Wait` reply).
-    exit_delivered: std::sync::atomic::AtomicBool,
+    /// A host acknowledged the exit status as stored (`Ack` with
+    /// `exit_status`).
+    exit_acked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -140,7 +142,7 @@ impl Session {
             }),
             stdin: StdinQueue::new(),
             pty: Mutex::new(None),
-            exit_delivered: std::sync::atomic::AtomicBool::new(false),
+            exit_acked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -176,16 +178,40 @@ impl Session {
         self.life().exited() && self.stdout.marks().closed && self.stderr.marks().closed
     }
 
-    /// Notes that the exit status went to the host.
-    pub fn mark_exit_delivered(&self) {
-        self.exit_delivered
+    /// Records that a host stored the exit status; refused while the
+    /// process has not exited (there is no status to have stored).
+    pub fn ack_exit(&self) -> Result<(), SessionError> {
+        if !self.life().exited() {
+            return Err(SessionError::NotExited(self.spec.id.clone()));
+        }
+        self.exit_acked
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
-    /// Whether the host has been sent the exit status.
-    pub fn exit_delivered(&self) -> bool {
-        self.exit_delivered
-            .load(std::sync::atomic::Ordering::SeqCst)
+    /// Whether a host acknowledged the exit status as stored.
+    pub fn exit_acked(&self) -> bool {
+        self.exit_acked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What the host has not taken yet: unacknowledged bytes per stream
+    /// (stdout, stderr), as a phrase for the console; `None` once drained.
+    pub fn undelivered(&self) -> Option<String> {
+        if self.drained() {
+            return None;
+        }
+        let (o, e) = (self.stdout.marks(), self.stderr.marks());
+        Some(format!(
+            "session {}: {} bytes of stdout and {} of stderr unacknowledged{}",
+            self.spec.id,
+            o.end - o.acked,
+            e.end - e.acked,
+            if self.finished() {
+                ""
+            } else {
+                " (still running)"
+            }
+        ))
     }
 
     /// True once finished and the host acknowledged every byte.
@@ -520,4 +546,48 @@ impl Sessions {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str) -> SessionSpec {
+        SessionSpec {
+            id: id.into(),
+            args: vec!["true".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_exit_status_is_acknowledged_only_once_there_is_one() {
+        let s = Session::new(spec("main"));
+        s.life.send_modify(|l| l.state = State::Running as i32);
+        assert!(matches!(s.ack_exit(), Err(SessionError::NotExited(_))));
+        assert!(!s.exit_acked());
+        s.stdout.push_now(b"bye\n");
+        s.set_exited(3);
+        s.stdout.close();
+        s.stderr.close();
+        assert_eq!(
+            s.undelivered().as_deref(),
+            Some("session main: 4 bytes of stdout and 0 of stderr unacknowledged")
+        );
+        s.stdout.ack(4);
+        assert_eq!(s.undelivered(), None, "drained");
+        assert!(!s.exit_acked(), "output acknowledged, the status not");
+        s.ack_exit().unwrap();
+        assert!(s.exit_acked());
+    }
+
+    #[test]
+    fn a_running_session_is_said_to_be_running() {
+        let s = Session::new(spec("exec1"));
+        s.life.send_modify(|l| l.state = State::Running as i32);
+        assert_eq!(
+            s.undelivered().as_deref(),
+            Some("session exec1: 0 bytes of stdout and 0 of stderr unacknowledged (still running)")
+        );
+    }
 }

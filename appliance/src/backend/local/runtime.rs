@@ -2,11 +2,13 @@
 //! microVM per container, supervised from this process.
 //!
 //! Owns each container's directory (`<state>/containers/<id[..12]>/`: spec,
-//! sockets, console, copy-on-write disk, `logs/<task>.log`), booting and
-//! connecting, following every task's output into its host log (acknowledged
-//! only once on disk), and noticing exits and crashes. QEMU runs detached:
-//! it outlives an appliance restart, after which `recover` reconnects and
-//! resumes the logs where they end.
+//! sockets, console, copy-on-write disk, `logs/<task>.log` and
+//! `logs/<task>.exit`), booting and connecting, following every task's
+//! output into its host log (acknowledged only once on disk, the exit
+//! status too), and noticing exits and crashes. QEMU runs detached: it
+//! outlives an appliance restart, after which `recover` reconnects and
+//! resumes the logs where they end. A finished container's VM waits (up to
+//! the linger bound) for that: an appliance away for a while loses nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,13 +29,16 @@ use crate::backend::{
     ArchiveRead, ArchiveSummary, AttachInput, AttachOutput, AttachStream, Backend, BackendError,
     BackendEvent, Disks, Events,
 };
-use crate::interaction::logs::LogWriter;
+use crate::interaction::logs::{self, LogWriter};
 use crate::interaction::persist;
 use crate::portlayer::model::{Container, Task};
 use crate::tether::{AttachEvent, Client};
 
 /// How long a VM may take to boot and answer.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long at most a finished container's VM keeps its output and exit
+/// status for a host to take (`serve --linger`).
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long the tether may take to answer a control call (signal, exec,
 /// status, ...), whatever it is doing: past it, the call fails saying so.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +89,9 @@ pub struct LocalBackend {
     key: PrivateKey,
     /// Image and volume disks, from the storage component.
     disks: Arc<dyn Disks>,
+    /// The upper bound a finished container's VM waits for a host to take
+    /// its output and exit status (spec `linger_seconds`).
+    linger: Duration,
     running: Mutex<HashMap<String, Arc<Running>>>,
     /// Containers whose disks are booted for a copy right now.
     maintenance: Mutex<HashSet<String>>,
@@ -104,6 +112,11 @@ fn task_spec(t: &Task) -> SessionSpec {
         open_stdin: t.open_stdin,
         ..Default::default()
     }
+}
+
+/// The spec's `linger_seconds` for a bound: whole seconds, at least one.
+fn linger_seconds(linger: Duration) -> u32 {
+    u32::try_from(linger.as_secs()).unwrap_or(u32::MAX).max(1)
 }
 
 /// Ends a VM's QEMU by its PID (0 means none).
@@ -185,12 +198,15 @@ impl LocalBackend {
         sweep_orphan_dirs(&self.state.join("containers"), known, ORPHAN_DIR_AGE)
     }
 
+    /// `linger`: how long at most a finished container's VM keeps its
+    /// output and exit status for a host that is away (`DEFAULT_LINGER`).
     pub fn new(
         state: &Path,
         artifacts: BootArtifacts,
         accel: Accel,
         key: PrivateKey,
         disks: Arc<dyn Disks>,
+        linger: Duration,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             state: state.to_path_buf(),
@@ -198,6 +214,7 @@ impl LocalBackend {
             accel,
             key,
             disks,
+            linger,
             running: Mutex::new(HashMap::new()),
             maintenance: Mutex::new(HashSet::new()),
             events: Mutex::new(None),
@@ -404,7 +421,8 @@ impl LocalBackend {
                 });
             }
             // The VM went away, or the channel broke without an exit: the
-            // VM died under the container.
+            // VM died under the container, unless the exit was stored before
+            // (the tether powers off once it is acknowledged).
             Some(None) | None => {
                 // (`gone` may only be awaited again if it has not finished.)
                 if outcome.is_some() {
@@ -415,6 +433,10 @@ impl LocalBackend {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
+                if let Some(code) = logs::stored_exit(&self.log_file(&id, &id)) {
+                    self.emit_exited(&id, code);
+                    return;
+                }
                 let console = read_lossy(&run.dir.join("console.log"));
                 self.emit(BackendEvent::Crashed {
                     container: id,
@@ -447,9 +469,18 @@ impl LocalBackend {
                 continue;
             };
             if !pid_alive(pid, &dir) {
+                // It may have ended after handing everything over.
+                if let Some(code) = logs::stored_exit(&self.log_file(&c.id, &c.id)) {
+                    self.emit_exited(&c.id, code);
+                    continue;
+                }
+                let console = read_lossy(&dir.join("console.log"));
                 self.emit(BackendEvent::Crashed {
                     container: c.id.clone(),
-                    error: "The VM is gone after an appliance restart".into(),
+                    error: format!(
+                        "The VM is gone after an appliance restart; console:\n{}",
+                        vm::tail(&console, 10)
+                    ),
                 });
                 continue;
             }
@@ -517,6 +548,19 @@ impl LocalBackend {
                 ),
             )),
         }
+    }
+
+    /// The primary task's exit and the container's, with the code stored.
+    fn emit_exited(&self, id: &str, code: i32) {
+        self.emit(BackendEvent::TaskExited {
+            container: id.to_string(),
+            task: id.to_string(),
+            code,
+        });
+        self.emit(BackendEvent::Exited {
+            container: id.to_string(),
+            code,
+        });
     }
 
     fn adopt(&self, id: &str, run: Arc<Running>) {
@@ -623,8 +667,11 @@ impl Backend for LocalBackend {
                     p.with_extension(format!("log.{}", crate::store::now_ms())),
                 );
             }
+            // The old run's exit code is in the store; this run has none yet.
+            let _ = std::fs::remove_file(logs::exit_path(&p));
         }
         let mut opts = VmOptions::new(&c.id, self.artifacts.clone(), base, dir.clone(), primary);
+        opts.linger_seconds = linger_seconds(self.linger);
         opts.volumes = volumes;
         opts.hostname.clone_from(&c.hostname);
         opts.accel = self.accel;

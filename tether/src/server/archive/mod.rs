@@ -2,6 +2,8 @@
 //! `tether-archive-v1` subsystem: GET streams a tar of a container path to
 //! the host, PUT unpacks the host's tar into a container directory, STAT
 //! says what a path is. The wire protocol is `proto/tether/v1/archive.proto`.
+//! A PUT is all or nothing (`archive::unpack_staged`): an archive refused
+//! for any entry leaves the destination as it was.
 //!
 //! Owns the protocol on the channel and the wording of failures as `Error`s
 //! naming the element at fault (the path, or the tar entry). The tar work
@@ -198,7 +200,8 @@ async fn put(mut rd: ChannelReadHalf, wr: ChannelWriteHalf<Msg>, path: String, r
             same_owner: true,
             devices: DevicePolicy::Create,
         };
-        let _ = done_tx.send(archive::unpack(Reader::new(feed_rx), &dest, &opts));
+        // All or nothing: a refused archive leaves the destination as it was.
+        let _ = done_tx.send(archive::unpack_staged(Reader::new(feed_rx), &dest, &opts));
     });
     if let Err(e) = spawned {
         refuse(&wr, thread_error(&e, &path)).await;
@@ -394,9 +397,10 @@ fn io_code(e: &io::Error) -> Code {
 fn view_error(e: &ViewError, path: &str) -> RpcError {
     let code = match e {
         ViewError::Missing { .. } => Code::NotFound,
-        ViewError::Empty | ViewError::Hidden { .. } | ViewError::NotDirectory { .. } => {
-            Code::InvalidArgument
-        }
+        ViewError::Empty
+        | ViewError::Hidden { .. }
+        | ViewError::NotDirectory { .. }
+        | ViewError::Symlink { .. } => Code::InvalidArgument,
         ViewError::Lookup { error, .. } => io_code(error),
         ViewError::Enter { .. } => Code::Internal,
     };
@@ -410,7 +414,9 @@ fn archive_error(e: &ArchiveError, path: &str) -> RpcError {
         | ArchiveError::Invalid { entry, .. }
         | ArchiveError::Unsupported { entry, .. } => (Code::InvalidArgument, entry.as_str()),
         ArchiveError::Io { entry, error, .. } => (io_code(error), entry.as_str()),
-        ArchiveError::Malformed { .. } => (Code::InvalidArgument, path),
+        ArchiveError::Malformed { .. } | ArchiveError::TargetSymlink { .. } => {
+            (Code::InvalidArgument, path)
+        }
         ArchiveError::Target { error, .. } | ArchiveError::Resolve { error, .. } => {
             (io_code(error), path)
         }
@@ -443,7 +449,7 @@ mod tests {
             same_owner: false,
             devices: DevicePolicy::Skip,
         };
-        let e = archive::unpack(tar.as_slice(), t.path(), &opts).unwrap_err();
+        let e = archive::unpack_staged(tar.as_slice(), t.path(), &opts).unwrap_err();
         let err = archive_error(&e, "/tmp");
         assert_eq!(err.element, "../../etc/evil");
         assert_eq!(err.code, Code::InvalidArgument as i32);

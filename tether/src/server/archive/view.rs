@@ -33,6 +33,10 @@ pub enum ViewError {
     Missing { path: String },
     #[error("{path:?} is not a directory")]
     NotDirectory { path: String },
+    #[error(
+        "{path:?} is a symlink (to {target:?}), which a copy does not follow: give the directory itself"
+    )]
+    Symlink { path: String, target: String },
     #[error("Cannot look up {path:?}")]
     Lookup {
         path: String,
@@ -136,13 +140,20 @@ impl View {
         })
     }
 
-    /// Checks the destination of a PUT: an existing directory (symlinks
-    /// followed inside the container), not inside a hidden kernel file
-    /// system. Returns where to unpack, with every symlink resolved, and
-    /// what the directory is.
+    /// Checks the destination of a PUT: an existing directory that is not
+    /// itself a symlink (with or without a trailing "/"), not inside a
+    /// hidden kernel file system. Symlinks on the way to it are resolved
+    /// inside the container (its root is the view's root). Returns where to
+    /// unpack, with those resolved, and what the directory is.
     pub fn destination(&self, path: &str) -> Result<(PathBuf, PathStat), ViewError> {
         self.check(path)?;
-        let at = self.locate(path);
+        let at = self.locate(path.trim_end_matches('/'));
+        if let Ok(target) = std::fs::read_link(&at) {
+            return Err(ViewError::Symlink {
+                path: path.to_owned(),
+                target: target.to_string_lossy().into_owned(),
+            });
+        }
         let meta = std::fs::metadata(&at).map_err(|e| lookup(path, e))?;
         if !meta.is_dir() {
             return Err(ViewError::NotDirectory {
@@ -314,29 +325,45 @@ mod tests {
     #[test]
     fn a_put_needs_an_existing_directory_outside_hidden_ones() {
         let t = tempfile::tempdir().unwrap();
-        for d in ["tmp/sub", "proc"] {
+        for d in ["tmp/sub", "proc/sys"] {
             std::fs::create_dir_all(t.path().join(d)).unwrap();
         }
         std::fs::write(t.path().join("tmp/file"), b"x").unwrap();
         std::os::unix::fs::symlink("tmp/sub", t.path().join("to-sub")).unwrap();
         std::os::unix::fs::symlink("proc", t.path().join("to-proc")).unwrap();
+        std::os::unix::fs::symlink("tmp", t.path().join("to-tmp")).unwrap();
         let view = View::at(t.path());
 
-        let (real, st) = view.destination("/to-sub").unwrap();
+        let (real, st) = view.destination("/tmp/sub").unwrap();
         assert_eq!(real, t.path().canonicalize().unwrap().join("tmp/sub"));
         assert_eq!(
             (st.name.as_str(), st.mode & libc::S_IFMT),
-            ("to-sub", libc::S_IFDIR)
+            ("sub", libc::S_IFDIR)
         );
+        // Symlinks on the way are resolved in the container...
+        let (real, _) = view.destination("/to-tmp/sub").unwrap();
+        assert_eq!(real, t.path().canonicalize().unwrap().join("tmp/sub"));
 
         let msg = |p: &str| view.destination(p).unwrap_err().to_string();
+        // ...but the destination itself is never a symlink that is followed.
+        for link in ["/to-sub", "/to-sub/", "to-sub//"] {
+            assert!(
+                matches!(view.destination(link), Err(ViewError::Symlink { .. })),
+                "{link}"
+            );
+        }
+        assert_eq!(
+            msg("/to-sub"),
+            "\"/to-sub\" is a symlink (to \"tmp/sub\"), which a copy does not follow: \
+             give the directory itself"
+        );
         assert_eq!(msg("/tmp/file"), "\"/tmp/file\" is not a directory");
         assert_eq!(msg("/tmp/file/x"), "\"/tmp/file/x\" is not a directory");
         assert_eq!(msg("/nope"), "\"/nope\" does not exist in the container");
         assert!(
-            msg("/to-proc").contains("inside /proc"),
+            msg("/to-proc/sys").contains("inside /proc"),
             "{}",
-            msg("/to-proc")
+            msg("/to-proc/sys")
         );
     }
 
