@@ -178,13 +178,21 @@ fn bad_volume_requests_say_what_is_wrong() {
         Some(r#"{"name":"../evil","size_mib":64}"#),
     );
     assert_eq!(code, 400, "{body}");
-    assert_eq!(json(&body)["element"], "../evil");
+    // The field is named, and the value shown in the message.
+    assert_eq!(json(&body)["element"], "name");
+    assert!(
+        json(&body)["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("name: \"../evil\" is not a valid volume name")),
+        "{body}"
+    );
     let (code, body) = s.http(
         "POST",
         "/storage/volumes",
         Some(r#"{"name":"tiny","size_mib":1}"#),
     );
     assert_eq!(code, 400, "{body}");
+    assert_eq!(json(&body)["element"], "size_mib", "{body}");
     assert!(
         s.cli(&["volume", "create", "-s", "32M", "v1"])
             .status

@@ -772,7 +772,7 @@ impl Storage {
         };
         if !(16..=MAX_VOLUME_MIB).contains(&size_mib) {
             return Err(StorageError::invalid(
-                &name,
+                "size_mib",
                 format!("A volume's size is 16 MiB to 16 TiB, not {size_mib} MiB"),
             ));
         }
