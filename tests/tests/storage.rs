@@ -621,5 +621,6 @@ fn cp_copies_into_and_out_of_stopped_and_running_containers() {
     let o = s.cli_with_stdin(&["cp", "-", "live:/etc/passwd"], Some(&raw_tar(b"x", b"x")));
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
-    assert!(s.cli(&["rm", "-f", "live", "box"]).status.success());
+    let o = s.cli(&["rm", "-f", "live", "box"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

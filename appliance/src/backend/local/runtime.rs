@@ -791,13 +791,29 @@ impl Backend for LocalBackend {
                 .remove(id);
         }
         let dir = self.dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BackendError::failed(
-                id,
-                format!("Removing {}: {e}", dir.display()),
-            )),
+        // The tasks that watched a killed VM may still be writing their
+        // last bytes (log flush, exit code) into its directory: try again
+        // for a while when a file appears under the removal.
+        let mut tries = 0;
+        loop {
+            let d = dir.clone();
+            let r = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&d))
+                .await
+                .map_err(|e| BackendError::failed(id, e))?;
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if tries < 30 && e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(BackendError::failed(
+                        id,
+                        format!("Removing {}: {e}", dir.display()),
+                    ));
+                }
+            }
         }
     }
 
