@@ -2204,6 +2204,13 @@ mod tests {
         let h = pl.change_state(&h, TargetState::Stopped).unwrap();
         pl.commit(&h).await.unwrap();
         assert_eq!(pl.wait(&id, None).await.unwrap(), Some(128 + 15));
+        // The exit is stored with the container's state a moment later.
+        for _ in 0..100 {
+            if pl.inspect_off(&id).await.unwrap().state == PowerState::Exited {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let h = pl
             .task_join(
                 &pl.get_handle(&id).unwrap(),
