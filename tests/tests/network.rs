@@ -205,6 +205,13 @@ fn serving(s: &Server, name: &str, flags: &[&str]) {
     assert!(o.status.success(), "run {name}: {}", stderr(&o));
 }
 
+/// A POST over REST that must answer `want`; its JSON body.
+fn post(s: &Server, path: &str, body: &str, want: u16) -> serde_json::Value {
+    let (code, body) = s.http("POST", path, Some(body));
+    assert_eq!(code, want, "{body}");
+    json(&body)
+}
+
 /// The address of a container with one endpoint.
 fn ip_of(s: &Server, c: &str) -> String {
     let (_, body) = s.http("GET", &format!("/exec/containers/{c}"), None);
@@ -412,56 +419,49 @@ fn add_container_to_network_over_rest_gives_a_working_interface_and_errors_name_
     let ns = Netns::new("rest");
     let d = tempfile::tempdir().expect("tempdir");
     let s = Server::start_in(d.path(), &ns);
-    let (code, body) = s.http(
-        "POST",
+    post(
+        &s,
         "/network/scopes",
-        Some(r#"{"name":"gibson_network","subnet":"10.77.8.0/24"}"#),
+        r#"{"name":"gibson_network","subnet":"10.77.8.0/24"}"#,
+        201,
     );
-    assert_eq!(code, 201, "{body}");
-    let (code, body) = s.http(
-        "POST",
+    let created = post(
+        &s,
         "/exec/containers",
-        Some(r#"{"name":"cookie_monster","image":"busybox","task":{"args":["sleep","1000"]}}"#),
+        r#"{"name":"cookie_monster","image":"busybox","task":{"args":["sleep","1000"]}}"#,
+        201,
     );
-    assert_eq!(code, 201, "{body}");
-    let created = json(&body);
-    let (code, body) = s.http(
-        "POST",
+    post(
+        &s,
         "/exec/commit",
-        Some(&format!(r#"{{"handle":{}}}"#, created["handle"])),
+        &format!(r#"{{"handle":{}}}"#, created["handle"]),
+        200,
     );
-    assert_eq!(code, 200, "{body}");
 
     let (_, body) = s.http("GET", "/exec/containers/cookie_monster/handle", None);
     let h = json(&body)["handle"].clone();
-    let (code, body) = s.http(
-        "POST",
+    let h = post(
+        &s,
         "/network/handles/join",
-        Some(&format!(r#"{{"handle":{h},"scope":"gibson_network"}}"#)),
-    );
-    assert_eq!(code, 200, "{body}");
-    let h = json(&body)["handle"].clone();
-    let (code, body) = s.http(
-        "POST",
+        &format!(r#"{{"handle":{h},"scope":"gibson_network"}}"#),
+        200,
+    )["handle"]
+        .clone();
+    let h = post(
+        &s,
         "/network/handles/bind",
-        Some(&format!(r#"{{"handle":{h},"scope":"gibson_network"}}"#)),
-    );
-    assert_eq!(code, 200, "{body}");
-    let h = json(&body)["handle"].clone();
-    let (code, body) = s.http(
-        "POST",
+        &format!(r#"{{"handle":{h},"scope":"gibson_network"}}"#),
+        200,
+    )["handle"]
+        .clone();
+    let h = post(
+        &s,
         "/exec/handles/state",
-        Some(&format!(r#"{{"handle":{h},"target":"running"}}"#)),
-    );
-    assert_eq!(code, 200, "{body}");
-    let h = json(&body)["handle"].clone();
-    let (code, body) = s.http(
-        "POST",
-        "/exec/commit",
-        Some(&format!(r#"{{"handle":{h}}}"#)),
-    );
-    assert_eq!(code, 200, "{body}");
-    let r = json(&body);
+        &format!(r#"{{"handle":{h},"target":"running"}}"#),
+        200,
+    )["handle"]
+        .clone();
+    let r = post(&s, "/exec/commit", &format!(r#"{{"handle":{h}}}"#), 200);
     let id = created["id"].as_str().expect("id");
     assert_eq!(
         r["results"][format!("{id}/network/gibson_network")]["status"],

@@ -93,15 +93,7 @@ pub async fn follow(
             // fdatasync off the async runtime: a slow disk must not stall
             // every other request.
             let syncer = log.syncer().map_err(logerr)?;
-            let durable = tokio::task::spawn_blocking(move || syncer.sync())
-                .await
-                .map_err(|e| {
-                    logerr(LogError::Io {
-                        path: Default::default(),
-                        source: std::io::Error::other(e),
-                    })
-                })?
-                .map_err(logerr)?;
+            let durable = off_runtime(move || syncer.sync()).await.map_err(logerr)?;
             client
                 .ack(session, durable.stdout, durable.stderr)
                 .await
@@ -111,14 +103,8 @@ pub async fn follow(
         }
         if let Some(code) = exit.filter(|_| !exit_stored) {
             let path = log.path().to_path_buf();
-            tokio::task::spawn_blocking(move || logs::store_exit(&path, code))
+            off_runtime(move || logs::store_exit(&path, code))
                 .await
-                .map_err(|e| {
-                    logerr(LogError::Io {
-                        path: Default::default(),
-                        source: std::io::Error::other(e),
-                    })
-                })?
                 .map_err(logerr)?;
             let ends = log.ends();
             client
@@ -131,4 +117,17 @@ pub async fn follow(
             return Ok(exit);
         }
     }
+}
+
+/// Runs blocking log work (fdatasync, the exit record) off the async
+/// runtime.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LogError::Io {
+            path: Default::default(),
+            source: std::io::Error::other(e),
+        })?
 }

@@ -285,21 +285,12 @@ struct Chains {
 
 impl Chains {
     fn new(family: NfFamily) -> Self {
-        let table = || Table {
+        // Gone, then made again: one transaction replaces the whole table.
+        let mut objects = drop_table(family).to_vec();
+        objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table(
             family,
-            name: TABLE.into(),
-            handle: None,
-        };
-        // Made if missing, then deleted with everything in it, then made
-        // again: one transaction replaces the whole table.
-        Chains {
-            family,
-            objects: vec![
-                NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
-                NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
-                NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
-            ],
-        }
+        )))));
+        Chains { family, objects }
     }
 
     fn base(&mut self, name: &str, ty: NfChainType, hook: NfHook, prio: i32) {
@@ -570,22 +561,29 @@ fn scope_bridge(scopes: &[HostScope], scope: &str) -> String {
         .unwrap_or_default()
 }
 
+fn table(family: NfFamily) -> Table<'static> {
+    Table {
+        family,
+        name: TABLE.into(),
+        handle: None,
+    }
+}
+
+/// Removes our table of `family`: made if missing, then deleted with
+/// everything in it (so the transaction holds whether it existed or not).
+fn drop_table(family: NfFamily) -> [NfObject<'static>; 2] {
+    [
+        NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table(family)))),
+        NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table(family)))),
+    ]
+}
+
 /// The commands that remove both tables (when nothing is realised).
 pub fn removal() -> Nftables<'static> {
-    let mut objects = Vec::new();
-    for family in [NfFamily::INet, NfFamily::Bridge] {
-        let table = || Table {
-            family,
-            name: TABLE.into(),
-            handle: None,
-        };
-        objects.push(NfObject::CmdObject(NfCmd::Add(
-            NfListObject::Table(table()),
-        )));
-        objects.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(
-            table(),
-        ))));
-    }
+    let objects: Vec<_> = [NfFamily::INet, NfFamily::Bridge]
+        .into_iter()
+        .flat_map(drop_table)
+        .collect();
     Nftables {
         objects: objects.into(),
     }
@@ -618,6 +616,7 @@ mod tests {
             gateway: Some("10.88.1.1".parse().unwrap()),
             mtu: 1500,
             outgoing,
+            default: false,
         }
     }
 

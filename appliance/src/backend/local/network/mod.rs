@@ -35,6 +35,9 @@ pub struct HostScope {
     pub gateway: Option<Ipv4Addr>,
     pub mtu: u32,
     pub outgoing: bool,
+    /// The scope made out of the box: its members do not resolve each
+    /// other by name.
+    pub default: bool,
 }
 
 /// A bound endpoint as the host realises it.
@@ -140,6 +143,7 @@ pub fn realised(view: &NetworkView) -> Result<(Vec<HostScope>, Vec<HostEndpoint>
             gateway,
             mtu: s.mtu,
             outgoing: s.outgoing && s.kind != ScopeKind::Closed,
+            default: s.default,
         });
     }
     // Endpoints of scopes the view does not have are left out with them.
@@ -187,7 +191,6 @@ pub fn wanted_links(
 pub fn wanted_dns(
     scopes: &[HostScope],
     endpoints: &[HostEndpoint],
-    defaults: &[String],
 ) -> (
     std::collections::BTreeMap<String, dns::ScopeDns>,
     std::collections::BTreeMap<String, dns::ScopeDns>,
@@ -197,7 +200,7 @@ pub fn wanted_dns(
     for sc in scopes.iter().filter(|s| s.kind != ScopeKind::External) {
         let Some(listen) = sc.gateway else { continue };
         let mut names = dns::Names::new();
-        if !defaults.contains(&sc.name) {
+        if !sc.default {
             for e in endpoints.iter().filter(|e| e.scope == sc.name) {
                 for n in std::iter::once(&e.name).chain(&e.aliases) {
                     if !n.is_empty() {
@@ -313,13 +316,7 @@ impl HostNetwork {
         }
         state.tables = Some(!scopes.is_empty());
 
-        let defaults: Vec<String> = view
-            .scopes
-            .iter()
-            .filter(|s| s.default)
-            .map(|s| s.name.clone())
-            .collect();
-        let (open, closed) = wanted_dns(&scopes, &endpoints, &defaults);
+        let (open, closed) = wanted_dns(&scopes, &endpoints);
         if state.dns.is_none() {
             if open.is_empty() && closed.is_empty() {
                 return Ok(());
@@ -502,7 +499,7 @@ mod tests {
             ],
         };
         let (scopes, endpoints) = realised(&view).unwrap();
-        let (open, closed) = wanted_dns(&scopes, &endpoints, &["bridge".to_string()]);
+        let (open, closed) = wanted_dns(&scopes, &endpoints);
         let ip = |s: &str| vec![s.parse::<Ipv4Addr>().unwrap()];
         assert_eq!(
             open["a"].names,
