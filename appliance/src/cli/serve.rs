@@ -150,10 +150,10 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
         .collect();
     if !running.is_empty() {
         // In the background: the API answers meanwhile, and a VM that is
-        // slow to answer does not hold up the others' clients.
+        // slow to answer does not hold up the others' clients (calls on a
+        // container not yet re-adopted wait for it).
         tracing::info!(count = running.len(), "re-adopting running containers");
-        let backend = backend.clone();
-        tokio::spawn(async move { backend.recover(&running).await });
+        backend.recover(running);
     }
 
     // Devices and rules are rebuilt from the store: a crash leaves nothing

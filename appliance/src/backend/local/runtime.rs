@@ -95,6 +95,10 @@ pub struct LocalBackend {
     running: Mutex<HashMap<String, Arc<Running>>>,
     /// Containers whose disks are booted for a copy right now.
     maintenance: Mutex<HashSet<String>>,
+    /// Running containers of a previous appliance not yet re-adopted (or
+    /// found gone); `recovered` wakes those waiting for one.
+    recovering: Mutex<HashSet<String>>,
+    recovered: tokio::sync::Notify,
     events: Mutex<Option<Events>>,
     /// Bridges, taps, rules and name servers of the network component.
     network: super::network::HostNetwork,
@@ -217,6 +221,8 @@ impl LocalBackend {
             linger,
             running: Mutex::new(HashMap::new()),
             maintenance: Mutex::new(HashSet::new()),
+            recovering: Mutex::new(HashSet::new()),
+            recovered: tokio::sync::Notify::new(),
             events: Mutex::new(None),
             network: super::network::HostNetwork::new(),
             me: me.clone(),
@@ -238,6 +244,25 @@ impl LocalBackend {
     fn emit(&self, ev: BackendEvent) {
         if let Some(tx) = &*self.events.lock().unwrap_or_else(|e| e.into_inner()) {
             let _ = tx.send(ev);
+        }
+    }
+
+    /// The running VM of `id`, waiting (within `BOOT_TIMEOUT`) while a
+    /// restarted appliance is still re-adopting it.
+    async fn get_ready(&self, id: &str) -> Result<Arc<Running>, BackendError> {
+        let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let settled = self.recovered.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let waiting = self
+                .recovering
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id);
+            if !waiting || tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return self.get(id);
+            }
         }
     }
 
@@ -280,7 +305,7 @@ impl LocalBackend {
     /// The tether of a running container, or of its disks booted in
     /// maintenance mode (ended with `Maintenance::finish`).
     async fn tether_for_copy(&self, c: &Container) -> Result<CopyTether, BackendError> {
-        if let Ok(run) = self.get(&c.id) {
+        if let Ok(run) = self.get_ready(&c.id).await {
             return Ok(CopyTether::Running(run));
         }
         {
@@ -449,86 +474,104 @@ impl LocalBackend {
         }
     }
 
-    /// After an appliance restart: reconnects to the VMs of containers the
-    /// store says are running, and resumes their logs. Those whose VM is
-    /// gone are reported as crashed.
-    pub async fn recover(self: &Arc<Self>, containers: &[Container]) {
-        for c in containers {
-            let dir = self.dir(&c.id);
-            let pid = std::fs::read_to_string(dir.join("qemu.pid"))
-                .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok());
-            let host_key = std::fs::read_to_string(dir.join("host_key.pub"))
-                .ok()
-                .and_then(|k| russh::keys::PublicKey::from_openssh(k.trim()).ok());
-            let (Some(pid), Some(host_key)) = (pid, host_key) else {
-                self.emit(BackendEvent::Crashed {
-                    container: c.id.clone(),
-                    error: "The VM's records are missing after an appliance restart".into(),
-                });
-                continue;
-            };
-            if !pid_alive(pid, &dir) {
-                // It may have ended after handing everything over.
-                if let Some(code) = logs::stored_exit(&self.log_file(&c.id, &c.id)) {
-                    self.emit_exited(&c.id, code);
-                    continue;
-                }
-                let console = read_lossy(&dir.join("console.log"));
-                self.emit(BackendEvent::Crashed {
-                    container: c.id.clone(),
-                    error: format!(
-                        "The VM is gone after an appliance restart; console:\n{}",
-                        vm::tail(&console, 10)
-                    ),
-                });
-                continue;
+    /// After an appliance restart: reconnects, in the background, to the
+    /// VMs of containers the store says are running, and resumes their
+    /// logs. Those whose VM is gone are reported as crashed. Until a
+    /// container is settled, calls that need its VM wait for it (see
+    /// [`Self::get_ready`]) instead of finding it not running.
+    pub fn recover(self: &Arc<Self>, containers: Vec<Container>) {
+        self.recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(containers.iter().map(|c| c.id.clone()));
+        let me = self.clone();
+        tokio::spawn(async move {
+            for c in &containers {
+                me.recover_one(c).await;
+                me.recovering
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&c.id);
+                me.recovered.notify_waiters();
             }
-            let (socket, console) = (dir.join("tether.sock"), dir.join("console.log"));
-            let to = vm::TetherAt {
-                socket: &socket,
-                console: &console,
-                key: &self.key,
-                host_key: &host_key,
-                stall: vm::STALL,
-            };
-            let connect = async {
-                let s = UnixStream::connect(&socket)
-                    .await
-                    .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
-                to.connect(s, std::time::Instant::now() + BOOT_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            match connect.await {
-                Ok(client) => {
-                    let run = Arc::new(Running { client, dir, pid });
-                    self.adopt(&c.id, run.clone());
-                    // Resume following the other tasks still running.
-                    for t in c
-                        .tasks
-                        .values()
-                        .filter(|t| !t.primary && t.state == "running")
-                    {
-                        tokio::spawn(self.clone().follow_task(
-                            c.id.clone(),
-                            t.task.id.clone(),
-                            run.clone(),
-                        ));
-                    }
-                    tokio::spawn(self.clone().supervise(c.id.clone(), run, None));
-                }
-                Err(why) => self.emit(BackendEvent::Crashed {
-                    container: c.id.clone(),
-                    error: format!("Cannot reconnect to the VM after an appliance restart: {why}"),
-                }),
+        });
+    }
+
+    async fn recover_one(self: &Arc<Self>, c: &Container) {
+        let dir = self.dir(&c.id);
+        let pid = std::fs::read_to_string(dir.join("qemu.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        let host_key = std::fs::read_to_string(dir.join("host_key.pub"))
+            .ok()
+            .and_then(|k| russh::keys::PublicKey::from_openssh(k.trim()).ok());
+        let (Some(pid), Some(host_key)) = (pid, host_key) else {
+            self.emit(BackendEvent::Crashed {
+                container: c.id.clone(),
+                error: "The VM's records are missing after an appliance restart".into(),
+            });
+            return;
+        };
+        if !pid_alive(pid, &dir) {
+            // It may have ended after handing everything over.
+            if let Some(code) = logs::stored_exit(&self.log_file(&c.id, &c.id)) {
+                self.emit_exited(&c.id, code);
+                return;
             }
+            let console = read_lossy(&dir.join("console.log"));
+            self.emit(BackendEvent::Crashed {
+                container: c.id.clone(),
+                error: format!(
+                    "The VM is gone after an appliance restart; console:\n{}",
+                    vm::tail(&console, 10)
+                ),
+            });
+            return;
+        }
+        let (socket, console) = (dir.join("tether.sock"), dir.join("console.log"));
+        let to = vm::TetherAt {
+            socket: &socket,
+            console: &console,
+            key: &self.key,
+            host_key: &host_key,
+            stall: vm::STALL,
+        };
+        let connect = async {
+            let s = UnixStream::connect(&socket)
+                .await
+                .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+            to.connect(s, std::time::Instant::now() + BOOT_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match connect.await {
+            Ok(client) => {
+                let run = Arc::new(Running { client, dir, pid });
+                self.adopt(&c.id, run.clone());
+                // Resume following the other tasks still running.
+                for t in c
+                    .tasks
+                    .values()
+                    .filter(|t| !t.primary && t.state == "running")
+                {
+                    tokio::spawn(self.clone().follow_task(
+                        c.id.clone(),
+                        t.task.id.clone(),
+                        run.clone(),
+                    ));
+                }
+                tokio::spawn(self.clone().supervise(c.id.clone(), run, None));
+            }
+            Err(why) => self.emit(BackendEvent::Crashed {
+                container: c.id.clone(),
+                error: format!("Cannot reconnect to the VM after an appliance restart: {why}"),
+            }),
         }
     }
 
     /// Pauses (`true`) or resumes a VM through QMP, within `CONTROL_TIMEOUT`.
     async fn run_state(&self, id: &str, pause: bool) -> Result<(), BackendError> {
-        let run = self.get(id)?;
+        let run = self.get_ready(id).await?;
         let what = if pause { "pause" } else { "resume" };
         let qmp = async {
             let mut q = Qmp::connect(&run.dir.join("qmp.sock")).await?;
@@ -717,7 +760,7 @@ impl Backend for LocalBackend {
     }
 
     async fn stop(&self, id: &str, signal: i32, timeout: Duration) -> Result<(), BackendError> {
-        let run = self.get(id)?;
+        let run = self.get_ready(id).await?;
         // Stop signal, grace period and kill happen in the guest; the
         // tether then powers off and `supervise` reports the exit. A tether
         // that fails or does not report within the grace period (and a
@@ -746,7 +789,7 @@ impl Backend for LocalBackend {
     }
 
     async fn exec(&self, id: &str, task: &Task) -> Result<(), BackendError> {
-        let run = self.get(id)?;
+        let run = self.get_ready(id).await?;
         bounded(
             id,
             "the exec",
@@ -759,7 +802,7 @@ impl Backend for LocalBackend {
     }
 
     async fn stop_task(&self, id: &str, task: &str, timeout: Duration) -> Result<(), BackendError> {
-        let run = self.get(id)?;
+        let run = self.get_ready(id).await?;
         let grace = stop_grace(timeout);
         bounded(
             id,
@@ -772,7 +815,7 @@ impl Backend for LocalBackend {
     }
 
     async fn signal(&self, id: &str, task: &str, signal: i32) -> Result<(), BackendError> {
-        let run = self.get(id)?;
+        let run = self.get_ready(id).await?;
         bounded(
             id,
             "the signal",
@@ -783,7 +826,7 @@ impl Backend for LocalBackend {
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
-        if let Ok(run) = self.get(id) {
+        if let Ok(run) = self.get_ready(id).await {
             kill_pid(run.pid);
             self.running
                 .lock()
@@ -823,7 +866,7 @@ impl Backend for LocalBackend {
         task: &str,
         stdin: bool,
     ) -> Result<AttachStream, BackendError> {
-        let run = self.get(id)?;
+        let run = self.get_ready(id).await?;
         let st = bounded(
             id,
             "a status request",
