@@ -274,11 +274,8 @@ fn scopes_connect_isolate_nat_publish_and_police_traffic_and_converge_after_a_cr
     serving(&s, "a", &["--network", "front", "--alias", "api"]);
     serving(&s, "b", &["--network", "front"]);
     serving(&s, "c", &["--network", "other"]);
-    serving(
-        &s,
-        "d",
-        &["--network", "bridge", "-p", "8080:80", "-p", "5353:53/udp"],
-    );
+    // Published ports without --network join the default scope.
+    serving(&s, "d", &["-p", "8080:80", "-p", "5353:53/udp"]);
     serving(
         &s,
         "e",

@@ -96,6 +96,15 @@ pub struct JoinFlags {
 }
 
 impl JoinFlags {
+    /// Whether no endpoint flag was given.
+    pub fn is_empty(&self) -> bool {
+        self.aliases.is_empty()
+            && self.ip.is_empty()
+            && self.publish.is_empty()
+            && self.expose.is_empty()
+            && self.outgoing.is_empty()
+    }
+
     /// The join request's fields for `scope`.
     pub fn request(&self, scope: &str) -> anyhow::Result<serde_json::Value> {
         let published = self

@@ -74,7 +74,9 @@ pub struct CreateFlags {
     #[arg(long)]
     pub entrypoint: Option<String>,
     /// Networks (scopes) to join; `--alias`, `--ip`, `-p`, `--expose` and
-    /// `--outgoing` apply to the first.
+    /// `--outgoing` apply to the first. Without it a container joins no
+    /// scope, unless one of those flags is given: then it joins the
+    /// default scope (`bridge`).
     #[arg(long)]
     pub network: Vec<String>,
     #[command(flatten)]
@@ -88,6 +90,17 @@ pub struct CreateFlags {
 }
 
 impl CreateFlags {
+    /// The scopes the container joins: those given with `--network`, or the
+    /// default scope when only endpoint flags (`-p`, `--alias`, ...) are
+    /// given, so that they are never silently ignored.
+    pub fn scopes(&self) -> Vec<String> {
+        if self.network.is_empty() && !self.join.is_empty() {
+            vec![appliance::portlayer::network::DEFAULT_SCOPE.to_string()]
+        } else {
+            self.network.clone()
+        }
+    }
+
     /// The spec the server creates the container from. `-e KEY` takes
     /// KEY's value from `lookup` (this process's environment).
     pub fn to_spec(&self, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<CreateSpec> {
@@ -223,7 +236,7 @@ async fn create_container(
         .await
         .map_err(|e| missing_volume_hint(e, &spec.mounts))?;
     let mut h = Handle::from_token(client, created.handle);
-    for (i, scope) in flags.network.iter().enumerate() {
+    for (i, scope) in flags.scopes().iter().enumerate() {
         let join = if i == 0 {
             flags.join.clone()
         } else {
@@ -472,5 +485,22 @@ mod tests {
             .to_spec(|_| None)
             .expect_err("bad policy");
         assert!(e.to_string().contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_flags_without_a_network_join_the_default_scope() {
+        assert!(parse(&["busybox", "true"]).flags.scopes().is_empty());
+        for flag in [
+            &["-p", "8080:80"][..],
+            &["--expose", "80"],
+            &["--alias", "web"],
+            &["--ip", "10.88.0.9"],
+            &["--outgoing", "denied:ip:10.0.0.0/8"],
+        ] {
+            let args: Vec<&str> = flag.iter().copied().chain(["busybox", "true"]).collect();
+            assert_eq!(parse(&args).flags.scopes(), ["bridge"], "{flag:?}");
+        }
+        let a = parse(&["--network", "app", "--network", "db", "-p", "1:2", "busybox"]);
+        assert_eq!(a.flags.scopes(), ["app", "db"]);
     }
 }
