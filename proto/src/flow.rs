@@ -1,4 +1,4 @@
-//! Flow control on attach channels, above SSH's own.
+//! Flow control on attach and archive channels, above SSH's own.
 //!
 //! SSH windows cannot hold a stream back here: the SSH library re-opens a
 //! channel's window as soon as bytes arrive, not when they are consumed, and
@@ -16,6 +16,15 @@
 //!   stdin bytes the process has taken; the host keeps at most
 //!   [`STDIN_WINDOW`] bytes sent beyond that.
 //!
+//! Archive channels (`archive.proto`) take the same credit:
+//!
+//! - copy out (GET, tether to host): the host's credit counts the tar bytes
+//!   its reader has taken; the tether keeps at most [`OUTPUT_WINDOW`]
+//!   beyond it;
+//! - copy in (PUT, host to tether): the tether's credit counts the tar bytes
+//!   its unpacking has taken; the host keeps at most [`UPLOAD_WINDOW`]
+//!   beyond it, once the tether's reply has said it grants credit.
+//!
 //! Each side drains its channel promptly into its own queue, bounded by the
 //! window, so a connection never waits on one slow consumer.
 
@@ -27,6 +36,8 @@ pub const EXT_CREDIT: u32 = 2;
 pub const OUTPUT_WINDOW: u64 = 4 << 20;
 /// Stdin bytes the host may send beyond the tether's credit, per attach.
 pub const STDIN_WINDOW: u64 = 1 << 20;
+/// Tar bytes the host may send beyond the tether's credit, per copy in.
+pub const UPLOAD_WINDOW: u64 = 4 << 20;
 /// A consumer grants credit once it has consumed this much since the last.
 pub const CREDIT_EVERY: u64 = 256 << 10;
 
@@ -55,5 +66,6 @@ mod tests {
         // stalls.
         const { assert!(CREDIT_EVERY * 4 <= STDIN_WINDOW) };
         const { assert!(STDIN_WINDOW <= OUTPUT_WINDOW) };
+        const { assert!(CREDIT_EVERY * 4 <= UPLOAD_WINDOW) };
     }
 }

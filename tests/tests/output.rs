@@ -334,3 +334,104 @@ fn a_stalled_copy_out_blocks_nothing() {
     drop(c);
     assert!(s.cli(&["rm", "-f", "files"]).status.success());
 }
+
+/// Waits for a CLI started with `cli_spawn` for `bound` at most; `None` if
+/// it has not ended by then (it is killed, by its PID).
+fn wait_bounded(mut c: std::process::Child, bound: Duration) -> Option<std::process::Output> {
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline {
+        if c.try_wait().expect("try_wait").is_some() {
+            return Some(c.wait_with_output().expect("output"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    None
+}
+
+/// A `cp` into a container whose unpacking cannot go on (its target file
+/// system is frozen) holds up only itself: an exec in the same container
+/// answers and the primary's output keeps flowing; once the file system
+/// thaws, the copy completes, whole.
+#[test]
+fn a_stalled_copy_in_blocks_nothing() {
+    let (_d, s) = new_server();
+    let o = s.cli(&["volume", "create", "-s", "256M", "frozen"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.cli(&[
+        "run",
+        "-d",
+        "--name",
+        "files",
+        "-v",
+        "frozen:/data",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo up; while true; do echo tick; sleep 0.2; done",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stdout(&s.cli(&["logs", "files"])).contains("up") {
+        assert!(Instant::now() < deadline, "the container never came up");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // 48 MiB that do not compress, well past every buffer on the way
+    // (the SSH window, the channel queues, the tether's upload window).
+    let local = tempfile::tempdir().expect("tempdir");
+    let big = local.path().join("big");
+    let mut data = Vec::with_capacity(48 << 20);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while data.len() < 48 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&big, &data).expect("write the file to copy");
+    let want = format!("{:x}", Sha256::digest(&data));
+    drop(data);
+
+    let o = s.cli(&["exec", "files", "--", "fsfreeze", "--freeze", "/data"]);
+    assert!(o.status.success(), "fsfreeze: {}", stderr(&o));
+    let mut cp = s.cli_spawn(&["cp", &big.to_string_lossy(), "files:/data"]);
+    std::thread::sleep(Duration::from_secs(5));
+
+    let e = wait_bounded(
+        s.cli_spawn(&["exec", "files", "--", "echo", "still here"]),
+        Duration::from_secs(60),
+    )
+    .expect("an exec beside a stalled copy-in did not answer within 60 s");
+    assert_eq!(stdout(&e), "still here\n", "{}", stderr(&e));
+    let l1 = log_size(&s, &id);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        log_size(&s, &id) > l1,
+        "the log stopped growing beside a stalled copy-in"
+    );
+    // The file system really held the copy up.
+    assert!(
+        cp.try_wait().expect("try_wait").is_none(),
+        "the copy ended while its target was frozen"
+    );
+
+    let thaw = wait_bounded(
+        s.cli_spawn(&["exec", "files", "--", "fsfreeze", "--unfreeze", "/data"]),
+        Duration::from_secs(60),
+    )
+    .expect("unfreezing did not answer within 60 s");
+    assert!(thaw.status.success(), "unfreeze: {}", stderr(&thaw));
+    let cp = wait_bounded(cp, Duration::from_secs(300)).expect("the copy never completed");
+    assert!(cp.status.success(), "cp: {}", stderr(&cp));
+    let sum = s.cli(&["exec", "files", "--", "sha256sum", "/data/big"]);
+    assert_eq!(
+        stdout(&sum).split_whitespace().next(),
+        Some(want.as_str()),
+        "{}",
+        stderr(&sum)
+    );
+    assert!(s.cli(&["rm", "-f", "files"]).status.success());
+}

@@ -391,42 +391,109 @@ fn a_vm_that_dies_marks_its_container_exited_with_an_error_event() {
     assert!(!s.state.join("containers").join(&id[..12]).exists());
 }
 
-#[test]
-fn run_with_a_terminal() {
-    let (_d, s) = new_server();
-    // `script` gives the CLI a terminal of its own, sized 30x100 here
-    // (without a terminal on its own stdin, `script` makes it 0x0, whatever
-    // LINES and COLUMNS say). The CLI passes its terminal's size on to the
-    // container's as a resize, which the local backend can only take once
-    // the task runs (the terminal starts at 24x80): the guest waits (10 s at
-    // most) for its size to change before it prints it.
-    let guest = "tty; i=0; while [ \"$(stty size)\" = \"24 80\" ] && [ $i -lt 100 ]; \
-                 do sleep 0.1; i=$((i+1)); done; stty size; exit 5";
+/// Runs the CLI with `args` under `script`, which gives it a terminal of
+/// its own sized `rows` x `cols` (without a terminal on its own stdin,
+/// `script` makes it 0x0, whatever LINES and COLUMNS say).
+fn cli_in_a_terminal(s: &Server, rows: u16, cols: u16, args: &str) -> std::process::Output {
     let cmd = format!(
-        "stty rows 30 cols 100 && exec {} --state {} run --rm -t busybox -- sh -c '{guest}'",
+        "stty rows {rows} cols {cols} && exec {} --state {} {args}",
         tests::server::appliance_bin().display(),
         s.state.display()
     );
-    let o = std::process::Command::new("script")
+    std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .stdin(std::process::Stdio::null())
         .output()
-        .expect("script (util-linux)");
+        .expect("script (util-linux)")
+}
+
+/// The output's lines, without the terminal's carriage returns.
+fn terminal_lines(out: &str) -> Vec<&str> {
+    out.lines().map(|l| l.trim_end_matches('\r')).collect()
+}
+
+#[test]
+fn run_with_a_terminal() {
+    let (_d, s) = new_server();
+    // The CLI gives the task its terminal's size when it creates it, and the
+    // guest opens the task's terminal at that size: the very first thing
+    // the task runs already sees it, with no resize to wait for.
+    let o = cli_in_a_terminal(
+        &s,
+        30,
+        100,
+        "run --rm -t busybox -- sh -c 'tty; stty size; exit 5'",
+    );
     let out = stdout(&o);
     assert!(
         out.contains("/dev/pts/"),
         "not a terminal: {out:?} {}",
         stderr(&o)
     );
-    // The terminal the guest sees has the size the CLI's terminal has.
-    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
     assert_eq!(
-        lines.last().copied(),
+        terminal_lines(&out).last().copied(),
         Some("30 100"),
         "guest terminal size: {out:?} {}",
         stderr(&o)
     );
     assert_eq!(o.status.code(), Some(5), "{out:?}");
+}
+
+/// An exec's terminal starts at the size given with the task: the CLI's
+/// terminal's with `exec -t`, and any size over REST, where no resize ever
+/// comes.
+#[test]
+fn exec_with_a_terminal_starts_at_the_given_size() {
+    let (_d, s) = new_server();
+    let o = s.cli(&[
+        "run", "-d", "--name", "term", "busybox", "--", "sleep", "600",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = cli_in_a_terminal(&s, 40, 120, "exec -t term -- stty size");
+    let out = stdout(&o);
+    assert_eq!(
+        terminal_lines(&out).last().copied(),
+        Some("40 120"),
+        "exec's terminal size: {out:?} {}",
+        stderr(&o)
+    );
+    assert!(o.status.success(), "{out:?} {}", stderr(&o));
+
+    let (_, h) = s.http("GET", "/exec/containers/term/handle", None);
+    let task = r#"{"id": "sized", "args": ["stty", "size"], "tty": true, "tty_size": {"rows": 33, "cols": 77}}"#;
+    let (code, h) = s.http(
+        "POST",
+        "/exec/handles/task-join",
+        Some(&format!(
+            r#"{{"handle": {}, "task": {task}}}"#,
+            json(&h)["handle"]
+        )),
+    );
+    assert_eq!(code, 200, "{h}");
+    let (code, h) = s.http(
+        "POST",
+        "/exec/handles/task-bind",
+        Some(&format!(
+            r#"{{"handle": {}, "task": "sized"}}"#,
+            json(&h)["handle"]
+        )),
+    );
+    assert_eq!(code, 200, "{h}");
+    let (code, r) = s.http(
+        "POST",
+        "/exec/commit",
+        Some(&format!(r#"{{"handle": {}}}"#, json(&h)["handle"])),
+    );
+    assert_eq!(code, 200, "{r}");
+    let (code, w) = s.http("POST", "/exec/containers/term/wait?task=sized", Some("{}"));
+    assert_eq!(code, 200, "{w}");
+    assert_eq!(json(&w)["exit_code"], 0, "{w}");
+    let (code, log) = s.http("GET", "/interaction/containers/term/logs?task=sized", None);
+    assert_eq!(code, 200, "{log}");
+    assert_eq!(terminal_lines(&log), ["33 77"], "{log:?}");
+
+    assert!(s.cli(&["rm", "-f", "term"]).status.success());
 }
 
 #[test]

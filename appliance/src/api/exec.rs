@@ -41,6 +41,11 @@ pub struct Task {
     /// `name`, `uid`, `name:group` or `uid:gid`.
     pub user: String,
     pub tty: bool,
+    /// The terminal's size when the task starts (only with `tty`; absent:
+    /// 24x80): set in the guest before the process runs, so its first
+    /// output sees it. Later sizes come as attach resizes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<model::TtySize>,
     pub open_stdin: bool,
 }
 
@@ -53,6 +58,7 @@ impl From<Task> for model::Task {
             working_dir: t.working_dir,
             user: t.user,
             tty: t.tty,
+            tty_size: t.tty_size,
             open_stdin: t.open_stdin,
         }
     }
@@ -67,6 +73,7 @@ impl From<model::Task> for Task {
             working_dir: t.working_dir,
             user: t.user,
             tty: t.tty,
+            tty_size: t.tty_size,
             open_stdin: t.open_stdin,
         }
     }
@@ -1091,6 +1098,86 @@ mod tests {
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(e["element"], "task.tyy", "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_tasks_terminal_size_is_kept_and_bad_ones_are_400_naming_the_side() {
+        let h = Harness::new();
+        let (status, created) = h
+            .call(
+                "POST",
+                "/exec/containers",
+                Some(json!({
+                    "name": "term",
+                    "image": "busybox",
+                    "task": {"args": ["sh"], "tty": true, "tty_size": {"rows": 30, "cols": 100}}
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["id"].as_str().unwrap().to_string();
+        let (status, r) = h
+            .call(
+                "POST",
+                "/exec/commit",
+                Some(json!({"handle": created["handle"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+        let (_, c) = h.call("GET", &format!("/exec/containers/{id}"), None).await;
+        assert_eq!(
+            c["tasks"][&id]["task"]["tty_size"],
+            json!({"rows": 30, "cols": 100}),
+            "{c}"
+        );
+
+        let bad = [
+            (json!({"rows": 0, "cols": 80}), true, "task.tty_size.rows"),
+            (
+                json!({"rows": 24, "cols": 10001}),
+                true,
+                "task.tty_size.cols",
+            ),
+            (json!({"rows": 24, "cols": 80}), false, "task.tty_size"),
+            (json!({"rows": 24}), true, "task.tty_size"),
+        ];
+        for (size, tty, element) in &bad {
+            let (status, e) = h
+                .call(
+                    "POST",
+                    "/exec/containers",
+                    Some(json!({"image": "x", "task": {"args": ["sh"], "tty": tty, "tty_size": size}})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{size}: {e}");
+            assert_eq!(e["code"], "INVALID_ARGUMENT", "{e}");
+            assert_eq!(e["element"], *element, "{size}: {e}");
+        }
+        // An exec's size is checked where it is joined.
+        let (_, hd) = h
+            .call("GET", &format!("/exec/containers/{id}/handle"), None)
+            .await;
+        let (status, e) = h
+            .call(
+                "POST",
+                "/exec/handles/task-join",
+                Some(json!({"handle": hd["handle"], "task": {
+                    "id": "t1", "args": ["sh"], "tty": true, "tty_size": {"rows": 24, "cols": 0}
+                }})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+        assert_eq!(e["element"], "task.tty_size.cols", "{e}");
+        let (status, hd) = h
+            .call(
+                "POST",
+                "/exec/handles/task-join",
+                Some(json!({"handle": hd["handle"], "task": {
+                    "id": "t1", "args": ["sh"], "tty": true, "tty_size": {"rows": 50, "cols": 132}
+                }})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{hd}");
     }
 
     #[tokio::test]

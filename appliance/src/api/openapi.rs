@@ -382,6 +382,14 @@ mod tests {
         );
         let path = &schemas["StoreRequest"]["properties"]["path"];
         assert_eq!(path["pattern"], "^/", "{path}");
+        for side in ["rows", "cols"] {
+            let n = &schemas["TtySize"]["properties"][side];
+            assert_eq!(
+                (n["minimum"].as_u64(), n["maximum"].as_u64()),
+                (Some(1), Some(u64::from(validate::TTY_CELLS_MAX))),
+                "TtySize.{side}: {n}"
+            );
+        }
     }
 
     #[test]

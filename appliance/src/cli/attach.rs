@@ -21,7 +21,8 @@
 use std::future::Future;
 
 use anyhow::{Context, bail};
-use appliance::portlayer::model::{Container, Task};
+use appliance::portlayer::model::{Container, Task, TtySize};
+use appliance::portlayer::validate::TTY_CELLS_MAX;
 use bytes::Bytes;
 use clap::Args;
 use futures::{SinkExt, StreamExt};
@@ -129,6 +130,7 @@ pub async fn exec(client: &Client, args: ExecArgs) -> anyhow::Result<u8> {
         working_dir: args.workdir,
         user: args.user,
         tty: args.tty,
+        tty_size: terminal_tty_size().filter(|_| args.tty),
         open_stdin: args.interactive,
     };
     let start = async {
@@ -523,6 +525,17 @@ pub fn terminal_size() -> Option<(u16, u16)> {
     // SAFETY: TIOCGWINSZ writes one winsize into the valid pointer.
     let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
     (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// The local terminal's size as a task's initial one (both sides within
+/// the port layer's bounds), if stdout is a terminal.
+pub fn terminal_tty_size() -> Option<TtySize> {
+    let (rows, cols) = terminal_size()?;
+    let side = |n: u16| (n > 0).then(|| u32::from(n).min(TTY_CELLS_MAX));
+    Some(TtySize {
+        rows: side(rows)?,
+        cols: side(cols)?,
+    })
 }
 
 /// The local terminal set for a task's terminal, restored on drop.

@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use appliance::portlayer::exec::CreateSpec;
-use appliance::portlayer::model::{TargetState, Task, VolumeMount};
+use appliance::portlayer::model::{TargetState, Task, TtySize, VolumeMount};
 use appliance::portlayer::policy::Policy;
 use clap::Args;
 use serde::Deserialize;
@@ -102,8 +102,14 @@ impl CreateFlags {
     }
 
     /// The spec the server creates the container from. `-e KEY` takes
-    /// KEY's value from `lookup` (this process's environment).
-    pub fn to_spec(&self, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<CreateSpec> {
+    /// KEY's value from `lookup` (this process's environment); with `-t`,
+    /// the task's terminal starts at `terminal`'s size (this client's
+    /// terminal, if it has one).
+    pub fn to_spec(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+        terminal: Option<TtySize>,
+    ) -> anyhow::Result<CreateSpec> {
         let mounts = self
             .volume
             .iter()
@@ -134,6 +140,7 @@ impl CreateFlags {
                 working_dir: self.workdir.clone(),
                 user: self.user.clone(),
                 tty: self.tty,
+                tty_size: terminal.filter(|_| self.tty),
                 open_stdin: self.interactive,
             },
             entrypoint: self.entrypoint.as_ref().map(|e| {
@@ -272,7 +279,9 @@ pub async fn start_container(client: &Client, id: &str) -> anyhow::Result<()> {
 
 /// `appliance create`: prints the new container's id.
 pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<u8> {
-    let spec = args.flags.to_spec(|k| std::env::var(k).ok())?;
+    let spec = args
+        .flags
+        .to_spec(|k| std::env::var(k).ok(), attach::terminal_tty_size())?;
     let id = create_container(client, &spec, &args.flags).await?;
     outln!("{id}")?;
     Ok(0)
@@ -284,7 +293,9 @@ pub async fn run(client: &Client, args: RunArgs) -> anyhow::Result<u8> {
     if args.rm && args.detach {
         bail!("--rm with --detach is not supported: the removal is done by this client");
     }
-    let spec = args.flags.to_spec(|k| std::env::var(k).ok())?;
+    let spec = args
+        .flags
+        .to_spec(|k| std::env::var(k).ok(), attach::terminal_tty_size())?;
     let id = create_container(client, &spec, &args.flags)
         .await
         .map_err(super::runtime_failure)?;
@@ -377,7 +388,11 @@ mod tests {
         ]);
         assert!(a.rm && !a.detach);
         let lookup = |k: &str| (k == "HOME").then(|| "/root".to_string());
-        let s = a.flags.to_spec(lookup).expect("spec");
+        let terminal = Some(TtySize {
+            rows: 30,
+            cols: 100,
+        });
+        let s = a.flags.to_spec(lookup, terminal).expect("spec");
         assert_eq!(s.name, "web");
         assert_eq!(s.image, "busybox");
         assert_eq!(s.hostname, "h1");
@@ -398,6 +413,7 @@ mod tests {
                 working_dir: "/tmp".into(),
                 user: "1000:1000".into(),
                 tty: true,
+                tty_size: terminal,
                 open_stdin: true,
             }
         );
@@ -410,12 +426,28 @@ mod tests {
     fn defaults_are_left_to_the_server() {
         let s = parse(&["busybox", "true"])
             .flags
-            .to_spec(|_| None)
+            .to_spec(|_| None, None)
             .expect("spec");
         assert_eq!(s.name, "");
         assert_eq!((s.memory_mib, s.cpus, s.stop_signal), (0, 0, 0));
         assert!(!s.task.tty && !s.task.open_stdin);
         assert_eq!(s.task.args, ["true"]);
+        // A terminal's size is only the task's with `-t`.
+        let terminal = Some(TtySize {
+            rows: 30,
+            cols: 100,
+        });
+        let s = parse(&["busybox", "true"])
+            .flags
+            .to_spec(|_| None, terminal)
+            .expect("spec");
+        assert_eq!(s.task.tty_size, None);
+        let s = parse(&["-t", "busybox", "true"])
+            .flags
+            .to_spec(|_| None, None)
+            .expect("spec");
+        assert!(s.task.tty);
+        assert_eq!(s.task.tty_size, None, "no local terminal: the default");
     }
 
     #[test]
@@ -437,7 +469,7 @@ mod tests {
             "busybox",
         ])
         .flags
-        .to_spec(|_| None)
+        .to_spec(|_| None, None)
         .expect("spec");
         assert_eq!(
             s.mounts,
@@ -464,25 +496,25 @@ mod tests {
         for bad in ["data", "data:rel/path", ":/x", "data:/x:rx", "a:/b:ro:c"] {
             let e = parse(&["-v", bad, "busybox"])
                 .flags
-                .to_spec(|_| None)
+                .to_spec(|_| None, None)
                 .expect_err("bad volume");
             assert!(e.to_string().contains(bad), "{e}");
         }
         for host in ["/srv/data:/data", "./data:/data", "~/data:/data:ro"] {
             let e = parse(&["-v", host, "busybox"])
                 .flags
-                .to_spec(|_| None)
+                .to_spec(|_| None, None)
                 .expect_err("host directory");
             assert!(e.to_string().contains("host directory"), "{e}");
         }
         let e = parse(&["--stop-signal", "NOPE", "busybox", "true"])
             .flags
-            .to_spec(|_| None)
+            .to_spec(|_| None, None)
             .expect_err("bad signal");
         assert!(e.to_string().contains("NOPE"), "{e}");
         let e = parse(&["--policy", "sometimes:x", "busybox", "true"])
             .flags
-            .to_spec(|_| None)
+            .to_spec(|_| None, None)
             .expect_err("bad policy");
         assert!(e.to_string().contains("sometimes"), "{e}");
     }

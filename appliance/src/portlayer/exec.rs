@@ -218,13 +218,14 @@ fn changes_digest(changes: &[Change]) -> Result<String, PortError> {
     Ok(format!("sha256:{:x}", sha2::Sha256::digest(json)))
 }
 
-/// What a task asks of the guest: arguments, environment, user and working
-/// directory it can pass on (see `validate`).
+/// What a task asks of the guest: arguments, environment, user, working
+/// directory and terminal size it can pass on (see `validate`).
 fn check_task(field: &str, t: &Task) -> Result<(), Invalid> {
     validate::args(&format!("{field}.args"), &t.args)?;
     validate::env(&format!("{field}.env"), &t.env)?;
     validate::text(&format!("{field}.user"), &t.user)?;
-    validate::text(&format!("{field}.working_dir"), &t.working_dir)
+    validate::text(&format!("{field}.working_dir"), &t.working_dir)?;
+    validate::tty_size(&format!("{field}.tty_size"), t.tty_size.as_ref(), t.tty)
 }
 
 /// Every field of a creation the caller gave, by the rules of `validate`;

@@ -23,7 +23,24 @@ pub struct Task {
     /// "name", "uid", "name:group" or "uid:gid".
     pub user: String,
     pub tty: bool,
+    /// The terminal's size when the task starts (tty tasks only; absent:
+    /// 24x80). The guest sets it before the process runs, so its first
+    /// output already sees it; later sizes come as resizes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<TtySize>,
     pub open_stdin: bool,
+}
+
+/// A terminal's size in character cells.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    /// 1 to 10000.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub rows: u32,
+    /// 1 to 10000.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub cols: u32,
 }
 
 /// Where a task stands.

@@ -14,6 +14,7 @@
 //! | memory | 0 (the default) or 64 MiB to 1 TiB |
 //! | CPUs | 0 (the default) or 1 to 128 |
 //! | signals | 1 to 64 (0: the default, where one applies) |
+//! | a task's terminal size | rows and cols 1 to 10000, only with a terminal |
 //! | store paths | absolute, no `.`, `..` or empty parts, no NUL |
 //! | image references | what `docker pull` accepts |
 //! | filters of policies | known fields of what they select, valid label keys |
@@ -26,6 +27,7 @@
 use std::collections::BTreeMap;
 
 use super::filter::{Filter, Key};
+use super::model::TtySize;
 
 /// A value a caller gave that breaks a rule, and which field it was in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +67,9 @@ pub const CPUS_MAX: u32 = 128;
 pub const SIGNAL_MAX: i32 = 64;
 /// The longest store path (PATH_MAX).
 pub const PATH_MAX: usize = 4096;
+/// The most rows or columns of a task's terminal (well past any screen,
+/// well inside the kernel's 16 bits).
+pub const TTY_CELLS_MAX: u32 = 10_000;
 
 /// The value as an error shows it: quoted with control characters
 /// escaped, cut after 64 characters.
@@ -315,6 +320,29 @@ pub fn signal(field: &str, signal: i32) -> Result<(), Invalid> {
     ))
 }
 
+/// A task's initial terminal size: each side 1 to [`TTY_CELLS_MAX`], and
+/// only for a task with a terminal (`tty`), whose size it is.
+pub fn tty_size(field: &str, size: Option<&TtySize>, tty: bool) -> Result<(), Invalid> {
+    let Some(size) = size else {
+        return Ok(());
+    };
+    if !tty {
+        return Err(Invalid::new(
+            field,
+            "A terminal size is given but the task has no terminal (tty is false)",
+        ));
+    }
+    for (side, n) in [("rows", size.rows), ("cols", size.cols)] {
+        if !(1..=TTY_CELLS_MAX).contains(&n) {
+            return Err(Invalid::new(
+                &format!("{field}.{side}"),
+                format!("{n} {side} is not between 1 and {TTY_CELLS_MAX}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A store's directory on the appliance's host: an absolute, plain path.
 pub fn store_path(field: &str, path: &str) -> Result<(), Invalid> {
     let problem = if !path.starts_with('/') {
@@ -499,6 +527,33 @@ mod tests {
                 format!("stop_signal: Signal {bad} is not between 1 and 64")
             );
         }
+    }
+
+    #[test]
+    fn terminal_sizes_have_bounds_and_need_a_terminal() {
+        let size = |rows, cols| TtySize { rows, cols };
+        assert_eq!(tty_size("task.tty_size", None, false), Ok(()));
+        assert_eq!(tty_size("task.tty_size", None, true), Ok(()));
+        for ok in [
+            size(1, 1),
+            size(30, 100),
+            size(TTY_CELLS_MAX, TTY_CELLS_MAX),
+        ] {
+            assert_eq!(tty_size("task.tty_size", Some(&ok), true), Ok(()), "{ok:?}");
+        }
+        let e = tty_size("task.tty_size", Some(&size(30, 100)), false).expect_err("no tty");
+        assert_eq!(e.field, "task.tty_size");
+        assert!(e.message.contains("tty is false"), "{e}");
+        assert_eq!(
+            msg(tty_size("task.tty_size", Some(&size(0, 80)), true)),
+            "task.tty_size.rows: 0 rows is not between 1 and 10000"
+        );
+        assert_eq!(
+            msg(tty_size("task.tty_size", Some(&size(24, 10_001)), true)),
+            "task.tty_size.cols: 10001 cols is not between 1 and 10000"
+        );
+        let e = tty_size("task.tty_size", Some(&size(u32::MAX, 0)), true).expect_err("big");
+        assert_eq!(e.field, "task.tty_size.rows");
     }
 
     #[test]

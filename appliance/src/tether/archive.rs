@@ -9,10 +9,13 @@
 //! know where the tar comes from or goes to (files, HTTP bodies): callers
 //! hand in an `AsyncRead`, or read the `ArchiveDownload`.
 //!
-//! Flow control: the SSH connection hands a channel's data on only as fast
-//! as its reader takes it, so a download that is not read holds up the
-//! connection's other channels (RPC, attach) once the window is full. Read
-//! it to the end, or drop it.
+//! Flow control (`proto::flow`): the SSH library reopens a channel's window
+//! as soon as bytes arrive, so a side that stops taking a channel's bytes
+//! would hold up the connection's other channels (RPC, attach). A download
+//! is drained into its reader's queue at once and credited as the reader
+//! takes it; an upload keeps within `flow::UPLOAD_WINDOW` of the credit the
+//! tether grants as its unpacking takes the tar (a tether too old to grant
+//! any gets the bytes as fast as the channel takes them).
 
 use std::io;
 use std::pin::Pin;
@@ -32,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use proto::flow;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::{ClientError, Verifier};
 
@@ -92,12 +95,12 @@ impl ResultFrame {
 }
 
 /// Opens a transfer channel, sends the request and reads the reply. Returns
-/// the channel halves, the reply's stat and any data after the reply.
+/// the channel halves, the reply (without error) and any data after it.
 async fn open(
     handle: &Handle<Verifier>,
     direction: Direction,
     path: &str,
-) -> Result<(ChannelReadHalf, ChannelWriteHalf<Msg>, PathStat, Bytes), ClientError> {
+) -> Result<(ChannelReadHalf, ChannelWriteHalf<Msg>, ArchiveReply, Bytes), ClientError> {
     let mut channel = handle.channel_open_session().await?;
     channel
         .request_subsystem(true, proto::ARCHIVE_SUBSYSTEM)
@@ -134,22 +137,23 @@ async fn open(
                 return Err(remote(e));
             }
             let rest = Bytes::copy_from_slice(&buf[used..]);
-            return Ok((rd, wr, reply.stat.unwrap_or_default(), rest));
+            return Ok((rd, wr, reply, rest));
         }
     }
 }
 
 pub(super) async fn stat(handle: &Handle<Verifier>, path: &str) -> Result<PathStat, ClientError> {
-    let (_, wr, stat, _) = open(handle, Direction::Stat, path).await?;
+    let (_, wr, reply, _) = open(handle, Direction::Stat, path).await?;
     let _ = wr.close().await;
-    Ok(stat)
+    Ok(reply.stat.unwrap_or_default())
 }
 
 pub(super) async fn get(
     handle: &Handle<Verifier>,
     path: &str,
 ) -> Result<ArchiveDownload, ClientError> {
-    let (rd, wr, stat, rest) = open(handle, Direction::Get, path).await?;
+    let (rd, wr, reply, rest) = open(handle, Direction::Get, path).await?;
+    let stat = reply.stat.unwrap_or_default();
     // Unbounded, but the tether sends no more than a window beyond the
     // credit the reader grants as it takes pieces (`proto::flow`): the
     // channel is always drained, so a slow reader never holds up the
@@ -379,6 +383,30 @@ impl AsyncRead for ArchiveDownload {
     }
 }
 
+/// How many tar bytes an upload may send now: what keeps it within
+/// `flow::UPLOAD_WINDOW` of the tether's `credit` (`None`: a tether that
+/// grants none, so no limit), in pieces of at most `PUT_CHUNK`. Zero: wait
+/// for more credit.
+fn upload_room(sent: u64, credit: Option<u64>) -> usize {
+    let room = match credit {
+        None => u64::MAX,
+        Some(c) => (c.saturating_add(flow::UPLOAD_WINDOW)).saturating_sub(sent),
+    };
+    usize::try_from(room).map_or(PUT_CHUNK, |r| r.min(PUT_CHUNK))
+}
+
+/// Takes a credit message of the tether's into `credit` (running totals
+/// only ever grow); a malformed one is ignored.
+fn take_credit(credit: &watch::Sender<u64>, data: &[u8]) {
+    if let Some(total) = flow::decode_credit(data) {
+        credit.send_if_modified(|c| {
+            let more = total > *c;
+            *c = (*c).max(total);
+            more
+        });
+    }
+}
+
 pub(super) async fn put<R>(
     handle: &Handle<Verifier>,
     path: &str,
@@ -387,7 +415,10 @@ pub(super) async fn put<R>(
 where
     R: AsyncRead + Unpin + Send,
 {
-    let (mut rd, wr, _stat, _) = open(handle, Direction::Put, path).await?;
+    let (mut rd, wr, reply, _) = open(handle, Direction::Put, path).await?;
+    let (credit_tx, mut credit) = watch::channel(0u64);
+    // Reads the channel all along (the tether's credit and its result), so
+    // that nothing of this transfer waits in the connection's queues.
     let result = async {
         let mut frame = ResultFrame::default();
         loop {
@@ -396,6 +427,9 @@ where
                     if let Some(r) = frame.push(&data)? {
                         return from_wire(r);
                     }
+                }
+                Some(ChannelMsg::ExtendedData { data, ext }) if ext == flow::EXT_CREDIT => {
+                    take_credit(&credit_tx, &data);
                 }
                 Some(ChannelMsg::Close) | None => {
                     return Err(incomplete(
@@ -409,15 +443,30 @@ where
     };
     let send = async {
         let mut buf = vec![0u8; PUT_CHUNK];
+        let mut sent = 0u64;
         loop {
+            let room = loop {
+                let c = reply.grants_credit.then(|| *credit.borrow_and_update());
+                let room = upload_room(sent, c);
+                if room > 0 {
+                    break room;
+                }
+                // A window's worth not yet taken by the unpacking: wait for
+                // its credit. (The result side holds the sender while it
+                // runs, and its end ends this future with it.)
+                if credit.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            };
             let n = tar
-                .read(&mut buf)
+                .read(&mut buf[..room])
                 .await
                 .map_err(ClientError::ArchiveSource)?;
             if n == 0 {
                 return wr.eof().await.map_err(ClientError::from);
             }
             wr.data_bytes(Bytes::copy_from_slice(&buf[..n])).await?;
+            sent += n as u64;
         }
     };
     tokio::pin!(result, send);
@@ -517,6 +566,49 @@ mod tests {
         assert!(d.next_chunk().await.is_err());
         assert!(d.next_chunk().await.is_err(), "a failure stays a failure");
         assert!(d.result().is_none());
+    }
+
+    #[test]
+    fn an_upload_keeps_within_its_window_of_the_tethers_credit() {
+        let w = flow::UPLOAD_WINDOW;
+        // An older tether grants no credit: only the piece size limits.
+        assert_eq!(upload_room(0, None), PUT_CHUNK);
+        assert_eq!(upload_room(u64::MAX, None), PUT_CHUNK);
+        // With credit: a window beyond it, in pieces.
+        assert_eq!(upload_room(0, Some(0)), PUT_CHUNK);
+        assert_eq!(upload_room(w - 10, Some(0)), 10);
+        assert_eq!(upload_room(w, Some(0)), 0, "a full window waits");
+        assert_eq!(upload_room(w + 5, Some(0)), 0, "never below zero");
+        assert_eq!(upload_room(w, Some(100)), 100);
+        assert_eq!(upload_room(w, Some(flow::CREDIT_EVERY)), PUT_CHUNK);
+        assert_eq!(upload_room(10, Some(u64::MAX)), PUT_CHUNK);
+        // Sending what the room allows, piece by piece, never goes past the
+        // window, and all of it goes once the credit catches up.
+        let (mut sent, total) = (0u64, 3 * w + 7);
+        let mut credit = 0u64;
+        while sent < total {
+            let room = upload_room(sent, Some(credit)) as u64;
+            if room == 0 {
+                // The unpacking takes what has arrived.
+                credit = sent;
+                continue;
+            }
+            sent += room.min(total - sent);
+            assert!(sent <= credit + w, "{sent} sent on credit {credit}");
+        }
+    }
+
+    #[test]
+    fn credit_only_grows_and_malformed_credit_is_ignored() {
+        let (tx, rx) = watch::channel(0u64);
+        take_credit(&tx, &flow::encode_credit(300));
+        assert_eq!(*rx.borrow(), 300);
+        take_credit(&tx, &flow::encode_credit(100));
+        assert_eq!(*rx.borrow(), 300, "an older total changes nothing");
+        take_credit(&tx, &[1, 2, 3]);
+        assert_eq!(*rx.borrow(), 300);
+        take_credit(&tx, &flow::encode_credit(1 << 30));
+        assert_eq!(*rx.borrow(), 1 << 30);
     }
 
     #[test]

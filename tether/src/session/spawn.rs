@@ -12,9 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use nix::pty::{Winsize, openpty};
+use nix::pty::{OpenptyResult, Winsize, openpty};
 use nix::unistd::{Gid, Uid, setgid, setgroups, setsid, setuid};
-use proto::v1::SessionSpec;
+use proto::v1::{SessionSpec, WindowSize};
 
 use super::user::{self, Identity};
 
@@ -105,15 +105,7 @@ pub fn launch(spec: &SessionSpec, hostname: &str) -> Result<Started, LaunchError
         .current_dir(&dir);
 
     let master = if spec.tty {
-        let ws = spec.window.unwrap_or_default();
-        let size = Winsize {
-            ws_row: clamp_u16(ws.rows, 24),
-            ws_col: clamp_u16(ws.cols, 80),
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = openpty(Some(&size), None)
-            .map_err(|e| LaunchError::new(126, format!("Opening a pseudo-terminal: {e}")))?;
+        let pty = open_terminal(spec.window.as_ref())?;
         let slave = pty.slave;
         let dup = |fd: &OwnedFd| {
             fd.try_clone()
@@ -178,6 +170,21 @@ pub fn launch(spec: &SessionSpec, hostname: &str) -> Result<Started, LaunchError
     // The reaper collects the exit status; dropping `child` does not wait.
     drop(child);
     Ok(Started { pid, io })
+}
+
+/// Opens the pseudo-terminal of a tty session at the spec's initial size
+/// (24x80 where it gives none), so the process sees that size from its
+/// first instruction on: nothing has to resize it after the exec.
+fn open_terminal(window: Option<&WindowSize>) -> Result<OpenptyResult, LaunchError> {
+    let ws = window.copied().unwrap_or_default();
+    let size = Winsize {
+        ws_row: clamp_u16(ws.rows, 24),
+        ws_col: clamp_u16(ws.cols, 80),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    openpty(Some(&size), None)
+        .map_err(|e| LaunchError::new(126, format!("Opening a pseudo-terminal: {e}")))
 }
 
 fn clamp_u16(v: u32, default: u16) -> u16 {
@@ -254,6 +261,40 @@ mod tests {
         assert_eq!(get("HOSTNAME"), Some("box"));
         assert_eq!(get("TERM"), Some("xterm"));
         assert_eq!(env.iter().filter(|(k, _)| k == "A").count(), 1);
+    }
+
+    /// The size the terminal's slave side (the process's stdio) reports.
+    fn slave_size(pty: &OpenptyResult) -> (u16, u16) {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one `winsize` into the valid pointer.
+        let r = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ as _, &mut ws) };
+        assert_eq!(r, 0, "TIOCGWINSZ: {}", io::Error::last_os_error());
+        (ws.ws_row, ws.ws_col)
+    }
+
+    #[test]
+    fn a_terminal_opens_at_the_sessions_size_before_anything_runs() {
+        let w = WindowSize {
+            rows: 30,
+            cols: 100,
+        };
+        let pty = open_terminal(Some(&w)).expect("openpty");
+        assert_eq!(slave_size(&pty), (30, 100));
+        // No size, or a zero side: the usual 24x80 for what is missing.
+        assert_eq!(slave_size(&open_terminal(None).expect("openpty")), (24, 80));
+        let half = WindowSize { rows: 0, cols: 132 };
+        assert_eq!(
+            slave_size(&open_terminal(Some(&half)).expect("openpty")),
+            (24, 132)
+        );
+        // Later sizes come through the master.
+        resize(&pty.master, 50, 200).expect("resize");
+        assert_eq!(slave_size(&pty), (50, 200));
     }
 
     #[test]

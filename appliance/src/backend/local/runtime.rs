@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use proto::v1::SessionSpec;
+use proto::v1::{SessionSpec, WindowSize};
 use russh::keys::PrivateKey;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -114,6 +114,12 @@ fn task_spec(t: &Task) -> SessionSpec {
         user: t.user.clone(),
         tty: t.tty,
         open_stdin: t.open_stdin,
+        // The guest opens the terminal at this size, before the process
+        // runs (absent: 24x80).
+        window: t.tty_size.map(|s| WindowSize {
+            rows: s.rows,
+            cols: s.cols,
+        }),
         ..Default::default()
     }
 }
@@ -1002,6 +1008,35 @@ impl Backend for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::portlayer::model::TtySize;
+
+    #[test]
+    fn a_tasks_terminal_size_is_the_sessions_initial_window() {
+        let t = Task {
+            id: "e1".into(),
+            args: vec!["sh".into()],
+            tty: true,
+            tty_size: Some(TtySize {
+                rows: 30,
+                cols: 100,
+            }),
+            ..Default::default()
+        };
+        let s = task_spec(&t);
+        assert!(s.tty);
+        assert_eq!(
+            s.window,
+            Some(WindowSize {
+                rows: 30,
+                cols: 100
+            })
+        );
+        let plain = task_spec(&Task {
+            tty_size: None,
+            ..t
+        });
+        assert_eq!(plain.window, None);
+    }
 
     #[test]
     fn the_sweep_removes_only_old_orphans_without_a_vm() {

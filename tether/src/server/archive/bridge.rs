@@ -8,7 +8,7 @@
 use std::io::{self, Read, Write};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Largest piece handed across at once.
 pub const CHUNK: usize = 256 * 1024;
@@ -58,19 +58,23 @@ pub enum Feed {
 
 /// The reading end for blocking code. Ends cleanly only after `Feed::End`:
 /// a feeder that goes away without it, or says `Abort`, makes the read fail,
-/// so that a cut stream is never taken for a whole one.
+/// so that a cut stream is never taken for a whole one. Counts in `taken`
+/// the bytes its reads have handed out, for the feeder's credit.
 pub struct Reader {
     rx: mpsc::Receiver<Feed>,
     current: Bytes,
     ended: bool,
+    taken: watch::Sender<u64>,
 }
 
 impl Reader {
-    pub fn new(rx: mpsc::Receiver<Feed>) -> Self {
+    /// A reader of what `rx` brings, adding what it hands out to `taken`.
+    pub fn new(rx: mpsc::Receiver<Feed>, taken: watch::Sender<u64>) -> Self {
         Self {
             rx,
             current: Bytes::new(),
             ended: false,
+            taken,
         }
     }
 }
@@ -100,6 +104,7 @@ impl Read for Reader {
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
+        self.taken.send_modify(|t| *t += n as u64);
         Ok(n)
     }
 }
@@ -138,7 +143,9 @@ mod tests {
             }
             drop(tx);
             let mut out = Vec::new();
-            Reader::new(rx).read_to_end(&mut out).map(|_| out)
+            Reader::new(rx, watch::Sender::new(0))
+                .read_to_end(&mut out)
+                .map(|_| out)
         };
         let whole = read_all(vec![
             Feed::Data(Bytes::from_static(b"ab")),
@@ -154,5 +161,23 @@ mod tests {
             aborted.unwrap_err().kind(),
             io::ErrorKind::ConnectionAborted
         );
+    }
+
+    #[test]
+    fn the_reader_counts_what_it_hands_out() {
+        let (tx, rx) = mpsc::channel(4);
+        let (taken_tx, taken) = watch::channel(0u64);
+        let mut r = Reader::new(rx, taken_tx);
+        tx.try_send(Feed::Data(Bytes::from_static(b"abcdef")))
+            .unwrap();
+        tx.try_send(Feed::End).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(r.read(&mut buf).unwrap(), 4);
+        // Taken is what was read, not what arrived.
+        assert_eq!(*taken.borrow(), 4);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"ef");
+        assert_eq!(*taken.borrow(), 6);
     }
 }

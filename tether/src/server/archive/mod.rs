@@ -15,6 +15,7 @@
 mod bridge;
 mod view;
 
+use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::io;
 
@@ -28,7 +29,7 @@ use proto::v1::{
 };
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use self::bridge::{Feed, Reader, Writer};
 use self::view::{View, ViewError};
@@ -129,6 +130,7 @@ async fn get(rd: ChannelReadHalf, wr: ChannelWriteHalf<Msg>, path: String) {
     let reply = ArchiveReply {
         error: None,
         stat: Some(stat),
+        grants_credit: false,
     };
     if send_frame(&wr, &reply).await.is_err() {
         return;
@@ -180,6 +182,7 @@ async fn put(mut rd: ChannelReadHalf, wr: ChannelWriteHalf<Msg>, path: String, r
     let (feed_tx, feed_rx) = mpsc::channel(bridge::DEPTH);
     let (ready_tx, ready_rx) = oneshot::channel();
     let (done_tx, mut done_rx) = oneshot::channel();
+    let (taken_tx, mut taken) = watch::channel(0u64);
     let p = path.clone();
     let spawned = spawn_in_view("archive-put", move |view| {
         let dest = match view.and_then(|v| v.destination(&p)) {
@@ -201,7 +204,8 @@ async fn put(mut rd: ChannelReadHalf, wr: ChannelWriteHalf<Msg>, path: String, r
             devices: DevicePolicy::Create,
         };
         // All or nothing: a refused archive leaves the destination as it was.
-        let _ = done_tx.send(archive::unpack_staged(Reader::new(feed_rx), &dest, &opts));
+        let tar = Reader::new(feed_rx, taken_tx);
+        let _ = done_tx.send(archive::unpack_staged(tar, &dest, &opts));
     });
     if let Err(e) = spawned {
         refuse(&wr, thread_error(&e, &path)).await;
@@ -215,24 +219,25 @@ async fn put(mut rd: ChannelReadHalf, wr: ChannelWriteHalf<Msg>, path: String, r
     let reply = ArchiveReply {
         error: None,
         stat: Some(stat),
+        grants_credit: true,
     };
     if send_frame(&wr, &reply).await.is_err() {
         return;
     }
+    // The channel is drained into `upload` as the bytes come, and the host
+    // sends no more than a window beyond the credit for what the unpacking
+    // took: an unpacking that cannot go on (a frozen disk) holds up this
+    // transfer, never the connection (`proto::flow`).
+    let mut upload = Upload::default();
+    upload.push(rest);
     let mut feed = Some(feed_tx);
-    if !rest.is_empty() {
-        feed_data(&mut feed, rest).await;
-    }
+    let mut counting = true;
     let done = loop {
         tokio::select! {
             done = &mut done_rx => break done,
-            msg = rd.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => feed_data(&mut feed, data).await,
-                Some(ChannelMsg::Eof) => {
-                    if let Some(tx) = feed.take() {
-                        let _ = tx.send(Feed::End).await;
-                    }
-                }
+            msg = rd.wait(), if upload.accepts() => match msg {
+                Some(ChannelMsg::Data { data }) => upload.push(data),
+                Some(ChannelMsg::Eof) => upload.end(),
                 Some(ChannelMsg::Close) | None => {
                     // Cut short: the unpacking fails rather than take what
                     // came for the whole archive.
@@ -244,6 +249,33 @@ async fn put(mut rd: ChannelReadHalf, wr: ChannelWriteHalf<Msg>, path: String, r
                     return;
                 }
                 Some(_) => {}
+            },
+            permit = reserve(feed.clone()), if upload.has_next() => match (permit, upload.next()) {
+                (Some(permit), Some(next)) => {
+                    let end = matches!(next, Feed::End);
+                    permit.send(next);
+                    if end {
+                        feed = None;
+                    }
+                }
+                // Unpacking ended (its result is on the way): drop the rest.
+                _ => {
+                    feed = None;
+                    upload.discard();
+                }
+            },
+            changed = taken.changed(), if counting => {
+                if changed.is_err() {
+                    // The unpacking is over.
+                    counting = false;
+                    continue;
+                }
+                let now = *taken.borrow_and_update();
+                if let Some(total) = upload.credit(now) {
+                    let credit = Bytes::copy_from_slice(&proto::flow::encode_credit(total));
+                    // A channel gone shows as its close on `rd`.
+                    let _ = wr.extended_data_bytes(proto::flow::EXT_CREDIT, credit).await;
+                }
             }
         }
     };
@@ -256,13 +288,85 @@ async fn put(mut rd: ChannelReadHalf, wr: ChannelWriteHalf<Msg>, path: String, r
     finish(&wr, &result).await;
 }
 
-/// Passes data on to the unpacking thread while it still reads.
-async fn feed_data(feed: &mut Option<mpsc::Sender<Feed>>, data: Bytes) {
-    if let Some(tx) = feed
-        && tx.send(Feed::Data(data)).await.is_err()
-    {
-        // Unpacking ended (its result is on the way): drop the rest.
-        *feed = None;
+/// Room in the unpacking's pipe; never, once it has gone (`None`).
+async fn reserve(feed: Option<mpsc::Sender<Feed>>) -> Option<mpsc::OwnedPermit<Feed>> {
+    match feed {
+        Some(tx) => tx.reserve_owned().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// A copy-in's tar between the channel and the unpacking: what arrived and
+/// was not yet fed, whether the host has ended the stream, and the credit
+/// granted for what the unpacking took.
+#[derive(Debug, Default)]
+struct Upload {
+    queue: VecDeque<Bytes>,
+    queued: u64,
+    /// The host sent EOF.
+    ended: bool,
+    /// `Feed::End` went to the unpacking, or the unpacking is gone.
+    closed: bool,
+    /// The last credit sent: bytes the unpacking had taken.
+    granted: u64,
+}
+
+impl Upload {
+    /// Whether to read the channel now: below a window queued. A host that
+    /// keeps to its window never meets the bound; one that does not (older
+    /// than the credit) is held back by the connection, as it was before.
+    fn accepts(&self) -> bool {
+        self.queued < proto::flow::UPLOAD_WINDOW
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if !data.is_empty() && !self.closed {
+            self.queued += data.len() as u64;
+            self.queue.push_back(data);
+        }
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+    }
+
+    /// Whether there is something to feed the unpacking.
+    fn has_next(&self) -> bool {
+        !self.closed && (!self.queue.is_empty() || self.ended)
+    }
+
+    /// What to feed the unpacking next: the oldest data, then (once the
+    /// host ended the stream and all of it went) the end, once.
+    fn next(&mut self) -> Option<Feed> {
+        if self.closed {
+            return None;
+        }
+        if let Some(b) = self.queue.pop_front() {
+            self.queued -= b.len() as u64;
+            return Some(Feed::Data(b));
+        }
+        if self.ended {
+            self.closed = true;
+            return Some(Feed::End);
+        }
+        None
+    }
+
+    /// The unpacking is gone: what is queued or still comes is dropped.
+    fn discard(&mut self) {
+        self.closed = true;
+        self.queue.clear();
+        self.queued = 0;
+    }
+
+    /// The credit to send now that the unpacking has taken `taken` bytes:
+    /// every `CREDIT_EVERY` bytes.
+    fn credit(&mut self, taken: u64) -> Option<u64> {
+        if taken >= self.granted + proto::flow::CREDIT_EVERY {
+            self.granted = taken;
+            return Some(taken);
+        }
+        None
     }
 }
 
@@ -287,6 +391,7 @@ async fn stat(wr: ChannelWriteHalf<Msg>, path: String) {
         Ok(Ok(stat)) => ArchiveReply {
             error: None,
             stat: Some(stat),
+            grants_credit: false,
         },
         Ok(Err(e)) => return refuse(&wr, view_error(&e, &path)).await,
         Err(_) => return refuse(&wr, lost(&path)).await,
@@ -326,6 +431,7 @@ async fn refuse(wr: &ChannelWriteHalf<Msg>, error: RpcError) {
     let reply = ArchiveReply {
         error: Some(error),
         stat: None,
+        grants_credit: false,
     };
     let _ = send_frame(wr, &reply).await;
     let _ = wr.eof().await;
@@ -429,6 +535,64 @@ fn archive_error(e: &ArchiveError, path: &str) -> RpcError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn data(f: Option<Feed>) -> Option<Vec<u8>> {
+        match f {
+            Some(Feed::Data(b)) => Some(b.to_vec()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_upload_feeds_in_order_then_ends_once() {
+        let mut u = Upload::default();
+        assert!(!u.has_next());
+        u.push(Bytes::from_static(b"ab"));
+        u.push(Bytes::new());
+        u.push(Bytes::from_static(b"cd"));
+        assert_eq!(u.queued, 4);
+        assert!(u.has_next());
+        assert_eq!(data(u.next()), Some(b"ab".to_vec()));
+        u.end();
+        assert_eq!(data(u.next()), Some(b"cd".to_vec()));
+        assert!(u.has_next(), "the end is still to go");
+        assert!(matches!(u.next(), Some(Feed::End)));
+        assert!(!u.has_next());
+        assert!(u.next().is_none(), "the end goes once");
+        assert_eq!(u.queued, 0);
+    }
+
+    #[test]
+    fn an_upload_drains_the_channel_up_to_a_window_only() {
+        let mut u = Upload::default();
+        let piece = Bytes::from(vec![0u8; 64 << 10]);
+        let mut n = 0u64;
+        while u.accepts() {
+            u.push(piece.clone());
+            n += piece.len() as u64;
+        }
+        // A host that keeps to its window is never held back; one that
+        // sends beyond it waits on the connection, with a window queued.
+        assert_eq!(n, proto::flow::UPLOAD_WINDOW);
+        assert!(u.next().is_some());
+        assert!(u.accepts());
+        // Once the unpacking is gone, nothing more is kept.
+        u.discard();
+        u.push(piece);
+        assert_eq!((u.queued, u.has_next()), (0, false));
+        assert!(u.next().is_none());
+    }
+
+    #[test]
+    fn credit_goes_every_so_many_bytes_taken() {
+        let every = proto::flow::CREDIT_EVERY;
+        let mut u = Upload::default();
+        assert_eq!(u.credit(0), None);
+        assert_eq!(u.credit(every - 1), None);
+        assert_eq!(u.credit(every), Some(every));
+        assert_eq!(u.credit(every + 10), None);
+        assert_eq!(u.credit(3 * every), Some(3 * every));
+    }
 
     #[test]
     fn unpack_errors_name_the_entry() {
