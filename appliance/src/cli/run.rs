@@ -532,7 +532,15 @@ mod tests {
             let args: Vec<&str> = flag.iter().copied().chain(["busybox", "true"]).collect();
             assert_eq!(parse(&args).flags.scopes(), ["bridge"], "{flag:?}");
         }
-        let a = parse(&["--network", "app", "--network", "db", "-p", "1:2", "busybox"]);
+        let a = parse(&[
+            "--network",
+            "app",
+            "--network",
+            "db",
+            "-p",
+            "1:2",
+            "busybox",
+        ]);
         assert_eq!(a.flags.scopes(), ["app", "db"]);
     }
 }

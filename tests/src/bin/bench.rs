@@ -165,6 +165,12 @@ async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<f
     let raw_t = t0.elapsed();
 
     // Through the tether: an exec's stdout over its attach channel.
+    // BENCH_PROFILE=DIR: a sampling profile of the guest during the
+    // stream (scripts/guest-profile reports it).
+    let profile = match std::env::var_os("BENCH_PROFILE") {
+        Some(d) => Some(start_profile(&client, Path::new(&d), &dir.path().join("qmp.sock")).await?),
+        None => None,
+    };
     let t0 = Instant::now();
     client
         .exec(session(
@@ -188,8 +194,44 @@ async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<f
         mbs(raw_t),
         mbs(att_t) / mbs(raw_t)
     );
+    if let Some(mut p) = profile {
+        p.wait()?;
+    }
     launched.vm.kill().await?;
     Ok(mbs(raw_t))
+}
+
+/// Saves the tether's memory map and the guest kernel's symbols into `dir`
+/// and starts sampling the guest's registers for 8 s over QMP.
+async fn start_profile(
+    client: &appliance::tether::Client,
+    dir: &Path,
+    qmp: &Path,
+) -> anyhow::Result<std::process::Child> {
+    use appliance::tether::AttachEvent;
+    std::fs::create_dir_all(dir)?;
+    for (id, cmd) in [
+        ("maps", "cat /proc/1/maps"),
+        ("kallsyms", "cat /proc/kallsyms"),
+    ] {
+        client.exec(session(id, &["sh", "-c", cmd])).await?;
+        let mut a = client.attach(id, (0, 0), false).await?;
+        let mut v = Vec::new();
+        while let Some(ev) = a.next().await? {
+            if let AttachEvent::Stdout(b) = ev {
+                v.extend_from_slice(&b);
+            }
+        }
+        std::fs::write(dir.join(id), v)?;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest-profile");
+    Ok(std::process::Command::new("python3")
+        .arg(script)
+        .arg("sample")
+        .arg(qmp)
+        .arg(dir.join("samples"))
+        .arg("8")
+        .spawn()?)
 }
 
 /// A release `appliance serve` on a fresh state directory, for the run-path

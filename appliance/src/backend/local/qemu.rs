@@ -120,12 +120,7 @@ impl VmConfig {
         push("-accel");
         push(self.accel.qemu_name());
         push("-cpu");
-        // Under TCG the microvm kernel cannot calibrate its clock without
-        // the invariant TSC that "max" advertises.
-        push(match self.accel {
-            Accel::Kvm => "host",
-            Accel::Tcg => "max",
-        });
+        push(&self.accel.qemu_cpu());
         push("-m");
         push(&self.memory_mib.to_string());
         push("-smp");
@@ -369,7 +364,7 @@ mod tests {
             },
         );
         let a = joined(&c);
-        assert!(a.contains("-M microvm -accel tcg -cpu max"));
+        assert!(a.contains("-M microvm -accel tcg -cpu max,-erms,-fsrm"));
         assert!(a.contains("-kernel /b/vmlinuz -initrd /b/initrd.img -append console=ttyS0"));
         assert!(a.contains("-fw_cfg name=opt/org.tether/spec,file=/s/spec.pb"));
         assert!(a.contains("virtio-serial-device"));
