@@ -18,6 +18,8 @@ use bootstrap_iso::cpio::Archive;
 use tests::{BOOT_TIMEOUT, artifacts, launch, options, rootfs, session};
 
 const RUNS: usize = 5;
+/// Rounds of the throughput measurements (256 MiB each way per round).
+const THROUGHPUT_ROUNDS: usize = 3;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -134,7 +136,8 @@ async fn commits() -> anyhow::Result<()> {
 /// over virtio-serial, with acknowledgements), against raw virtio-serial
 /// throughput from the same VM (the guest writes to a second port that the
 /// host reads directly). Both are written by `dd bs=1M`: large writes, so
-/// that the baseline is the link and not the writer.
+/// that the baseline is the link and not the writer. Medians of
+/// [`THROUGHPUT_ROUNDS`] rounds, each raw then attach.
 async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<f64> {
     use appliance::tether::AttachEvent;
     use tokio::io::AsyncReadExt;
@@ -147,56 +150,66 @@ async fn throughput(accel: appliance::backend::local::Accel) -> anyhow::Result<f
     let (mut launched, key) = launch(&opts);
     let client = launched.connect(&key, BOOT_TIMEOUT).await?;
 
-    // Raw: the guest writes N bytes to the bench port; the host counts.
+    // Raw then attach, round by round, so a noisy moment hits both.
     let mut raw = tokio::net::UnixStream::connect(&raw_sock).await?;
-    let script = format!(
-        "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name)\" = org.tether.bench ] && d=/dev/${{p##*/}}; done; dd if=/dev/zero bs=1M count={} of=$d 2>/dev/null",
-        N >> 20
-    );
-    let t0 = Instant::now();
-    client.exec(session("raw", &["sh", "-c", &script])).await?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut got = 0u64;
-    while got < N {
-        let n = raw.read(&mut buf).await?;
-        anyhow::ensure!(n > 0, "raw port closed after {got} bytes");
-        got += n as u64;
-    }
-    let raw_t = t0.elapsed();
+    let (mut raw_t, mut att_t) = (Vec::new(), Vec::new());
+    for round in 0..THROUGHPUT_ROUNDS {
+        // Raw: the guest writes N bytes to the bench port; the host counts.
+        let script = format!(
+            "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name)\" = org.tether.bench ] && d=/dev/${{p##*/}}; done; dd if=/dev/zero bs=1M count={} of=$d 2>/dev/null",
+            N >> 20
+        );
+        let t0 = Instant::now();
+        client
+            .exec(session(&format!("raw{round}"), &["sh", "-c", &script]))
+            .await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        while got < N {
+            let n = raw.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "raw port closed after {got} bytes");
+            got += n as u64;
+        }
+        raw_t.push(t0.elapsed());
 
-    // Through the tether: an exec's stdout over its attach channel.
-    // BENCH_PROFILE=DIR: a sampling profile of the guest during the
-    // stream (scripts/guest-profile reports it).
-    let profile = match std::env::var_os("BENCH_PROFILE") {
-        Some(d) => Some(start_profile(&client, Path::new(&d), &dir.path().join("qmp.sock")).await?),
-        None => None,
-    };
-    let t0 = Instant::now();
-    client
-        .exec(session(
-            "out",
-            &["dd", "if=/dev/zero", "bs=1M", &format!("count={}", N >> 20)],
-        ))
-        .await?;
-    let mut a = client.attach("out", (0, 0), false).await?;
-    let mut got = 0u64;
-    while let Some(ev) = a.next().await? {
-        if let AttachEvent::Stdout(b) = ev {
-            got += b.len() as u64;
+        // Through the tether: an exec's stdout over its attach channel.
+        // BENCH_PROFILE=DIR: a sampling profile of the guest during the
+        // first stream (scripts/guest-profile reports it).
+        let profile = match std::env::var_os("BENCH_PROFILE") {
+            Some(d) if round == 0 => {
+                Some(start_profile(&client, Path::new(&d), &dir.path().join("qmp.sock")).await?)
+            }
+            _ => None,
+        };
+        let id = format!("out{round}");
+        let t0 = Instant::now();
+        client
+            .exec(session(
+                &id,
+                &["dd", "if=/dev/zero", "bs=1M", &format!("count={}", N >> 20)],
+            ))
+            .await?;
+        let mut a = client.attach(&id, (0, 0), false).await?;
+        let mut got = 0u64;
+        while let Some(ev) = a.next().await? {
+            if let AttachEvent::Stdout(b) = ev {
+                got += b.len() as u64;
+            }
+        }
+        anyhow::ensure!(got == N, "attach delivered {got} of {N} bytes");
+        att_t.push(t0.elapsed());
+        if let Some(mut p) = profile {
+            p.wait()?;
         }
     }
-    anyhow::ensure!(got == N, "attach delivered {got} of {N} bytes");
-    let att_t = t0.elapsed();
     let mbs = |t: Duration| N as f64 / 1048576.0 / t.as_secs_f64();
+    let (raw_t, att_t) = (median(raw_t), median(att_t));
     println!(
         "attach stdout, 256 MiB:            {:>7.1} MiB/s   raw virtio-serial {:.1} MiB/s   ratio {:.2}x",
         mbs(att_t),
         mbs(raw_t),
         mbs(att_t) / mbs(raw_t)
     );
-    if let Some(mut p) = profile {
-        p.wait()?;
-    }
     launched.vm.kill().await?;
     Ok(mbs(raw_t))
 }
