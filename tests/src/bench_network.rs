@@ -37,8 +37,8 @@ use crate::server::{Server, appliance_bin};
 const RUNS: usize = 5;
 /// MiB per throughput run: long enough (seconds under TCG) that the link,
 /// not the set-up of a connection, the control round trip or a moment of
-/// noise, decides the time; at 64 MiB the two sides were 10-20% apart
-/// either way from run to run.
+/// noise, decides the time (at 64 MiB the ratio moved by 10-20% from one
+/// bench to the next).
 const MIB: u64 = 256;
 /// Sequential connections per connection-rate run.
 const CONNECTS: usize = 100;
@@ -204,12 +204,16 @@ impl Containers {
         let (Some(to), Some(from)) = (exec.stdin.take(), exec.stdout.take()) else {
             anyhow::bail!("exec -i sender: no pipes");
         };
-        let mut sender = Sender {
-            to: Box::new(to),
-            from: Box::new(BufReader::new(from)),
+        // Owned before anything can fail: its drop ends the client.
+        let mut c = Self {
+            exec,
+            sender: Sender {
+                to: Box::new(to),
+                from: Box::new(BufReader::new(from)),
+            },
         };
-        sender.warm_up()?;
-        Ok(Self { exec, sender })
+        c.sender.warm_up()?;
+        Ok(c)
     }
 
     /// Ends the sender loop and removes the containers and their scope.
