@@ -165,6 +165,7 @@ impl TestVm {
         self.launched.vm.console()
     }
 }
+pub mod bench_network;
 pub mod bench_storage;
 pub mod netns;
 pub mod oci_image;

@@ -6,16 +6,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `appliance` binary next to the test executable (`make test` and
-/// `cargo test --workspace` build it).
+/// The `appliance` binary of the same build as the running executable
+/// (`make test` and `cargo test --workspace` build it; `make bench` builds
+/// the release one).
 pub fn appliance_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/<test> → target/debug/appliance
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // target/debug/deps/<test> → target/debug/appliance;
+    // target/release/bench → target/release/appliance.
+    let dir = exe.parent().expect("target dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
     let bin = dir.join("appliance");
     assert!(
         bin.exists(),
-        "{} missing: run `cargo build -p appliance`",
+        "{} missing: run `cargo build -p appliance` (`--release` for the bench)",
         bin.display()
     );
     bin
@@ -45,7 +52,10 @@ fn spawn_serve(state: &Path, netns: Option<&str>, extra: &[String]) -> Child {
         .arg(state)
         .arg("serve")
         .args(extra)
-        .env("APPLIANCE_ACCEL", "tcg")
+        .env(
+            "APPLIANCE_ACCEL",
+            std::env::var("APPLIANCE_ACCEL").unwrap_or_else(|_| "tcg".into()),
+        )
         .env(
             "APPLIANCE_BOOT_DIR",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"),

@@ -8,6 +8,12 @@
 //! same rounds as the bare boots (interleaved, so that a noisy moment hits
 //! both); and stdout throughput through an attach and through the whole
 //! run path, against the raw virtio-serial link of the same VM.
+//!
+//! Then the storage benchmarks (`bench_storage`; `bench storage` runs them
+//! alone) and the network benchmarks (`bench_network`; `bench network`):
+//! TCP between containers against bare VMs on a bare bridge, connections
+//! to a published port against the container's address, and start-up with
+//! an endpoint against none.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -360,23 +366,19 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     }
+    // `bench network` runs only the network benchmarks.
+    if std::env::args().nth(1).as_deref() == Some("network") {
+        let accel = resolve_accel().await?;
+        return tokio::task::spawn_blocking(move || tests::bench_network::run(accel)).await?;
+    }
     // `bench throughput` runs only the attach throughput against the link.
     if std::env::args().nth(1).as_deref() == Some("throughput") {
-        let art = artifacts();
-        let choice: AccelChoice = std::env::var("APPLIANCE_ACCEL")
-            .unwrap_or_else(|_| "tcg".into())
-            .parse()?;
-        let qemu = Path::new("qemu-system-x86_64");
-        let accel = accel::resolve(choice, qemu, &art.kernel, &art.initrd, None).await;
-        return throughput(accel).await.map(drop);
+        return throughput(resolve_accel().await?).await.map(drop);
     }
     commits().await?;
     let art = artifacts();
-    let choice: AccelChoice = std::env::var("APPLIANCE_ACCEL")
-        .unwrap_or_else(|_| "tcg".into())
-        .parse()?;
     let qemu = Path::new("qemu-system-x86_64");
-    let accel = accel::resolve(choice, qemu, &art.kernel, &art.initrd, None).await;
+    let accel = resolve_accel().await?;
     let scratch = tempfile::tempdir()?;
     let bare = bare_initrd(scratch.path())?;
     let _ = rootfs();
@@ -476,5 +478,17 @@ async fn main() -> anyhow::Result<()> {
         tests::bench_storage::create_small_vs_big()
     })
     .await??;
+    tokio::task::spawn_blocking(move || tests::bench_network::run(accel)).await??;
     Ok(())
+}
+
+/// The accelerator `APPLIANCE_ACCEL` asks for (TCG by default), resolved
+/// as `appliance serve` resolves it.
+async fn resolve_accel() -> anyhow::Result<appliance::backend::local::Accel> {
+    let art = artifacts();
+    let choice: AccelChoice = std::env::var("APPLIANCE_ACCEL")
+        .unwrap_or_else(|_| "tcg".into())
+        .parse()?;
+    let qemu = Path::new("qemu-system-x86_64");
+    Ok(accel::resolve(choice, qemu, &art.kernel, &art.initrd, None).await)
 }
