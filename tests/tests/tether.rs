@@ -127,6 +127,29 @@ async fn stdin_round_trip_and_close_gives_eof() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_without_output_carries_stdin_and_the_exit_code_only() {
+    // Beside a followed log, the host attaches for input alone: the guest
+    // must not send the output on it a second time.
+    let vm = boot(idle()).await;
+    let mut cat = session("cat", &["cat"]);
+    cat.open_stdin = true;
+    vm.client.exec(cat).await.unwrap();
+    let reader = vm.client.attach("cat", (0, 0), false).await.unwrap();
+    let input = vm.client.attach_without_output("cat", true).await.unwrap();
+    input.write_stdin(b"hello once\n").await.unwrap();
+    input.close_stdin().await.unwrap();
+    let out = reader.collect().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello once\n");
+    assert_eq!(out.exit_code, Some(0));
+    let rest = input.collect().await.unwrap();
+    assert!(
+        rest.stdout.is_empty() && rest.stderr.is_empty(),
+        "output on the input attach: {rest:?}"
+    );
+    assert_eq!(rest.exit_code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_session_sees_resize() {
     let vm = boot(idle()).await;
     let mut sh = session(

@@ -432,6 +432,10 @@ pub struct AttachQuery {
     pub task: Option<String>,
     /// Forward binary frames to the task's stdin.
     pub stdin: bool,
+    /// Send the task's output (default true). `false`: only the exit code,
+    /// for a client that reads the output from the task's log and attaches
+    /// for input and control.
+    pub output: Option<bool>,
 }
 
 /// A terminal size.
@@ -618,7 +622,9 @@ pub async fn attach(
         )
         .with_status(r.status())
     })?;
-    let stream = s.pl.attach(&id, q.task.as_deref(), q.stdin).await?;
+    let stream =
+        s.pl.attach(&id, q.task.as_deref(), q.stdin, q.output.unwrap_or(true))
+            .await?;
     let stdin = q.stdin;
     Ok(ws
         .on_failed_upgrade(|e| tracing::debug!("attach upgrade failed: {}", error_chain(&e)))

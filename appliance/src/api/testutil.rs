@@ -206,8 +206,9 @@ impl Backend for LoggingFake {
         id: &str,
         task: &str,
         stdin: bool,
+        output: bool,
     ) -> Result<AttachStream, BackendError> {
-        self.inner.attach(id, task, stdin).await
+        self.inner.attach(id, task, stdin, output).await
     }
     async fn archive_get(
         &self,

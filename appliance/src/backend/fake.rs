@@ -242,6 +242,7 @@ impl Backend for FakeBackend {
         id: &str,
         task: &str,
         _stdin: bool,
+        _output: bool,
     ) -> Result<AttachStream, BackendError> {
         self.record(format!("attach {id} {task}"));
         self.require_running(id)?;

@@ -128,9 +128,16 @@ pub trait Backend: Send + Sync {
     /// when there is nothing to free.
     async fn remove(&self, id: &str) -> Result<(), BackendError>;
     /// Attaches to a task's live streams, from now on (earlier output is in
-    /// the task's log).
-    async fn attach(&self, id: &str, task: &str, stdin: bool)
-    -> Result<AttachStream, BackendError>;
+    /// the task's log). Without `output` the stream carries input, control
+    /// and the exit code only, for a client that reads the output from the
+    /// log.
+    async fn attach(
+        &self,
+        id: &str,
+        task: &str,
+        stdin: bool,
+        output: bool,
+    ) -> Result<AttachStream, BackendError>;
     /// A tar stream of `path` in the container's filesystem (as `docker
     /// cp` gives it: the top entry is the path's last component). Works on
     /// stopped containers too.

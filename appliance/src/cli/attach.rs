@@ -176,6 +176,14 @@ pub fn attach_path(container: &str, task: Option<&str>, stdin: bool) -> String {
     )
 }
 
+/// The attach for stdin, resizes and signals beside a followed log: it
+/// asks for no output, so the guest sends each byte once (to the log).
+fn input_attach_path(container: &str, task: Option<&str>, stdin: bool) -> String {
+    let path = attach_path(container, task, stdin);
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}output=false")
+}
+
 /// Waits for a task (the primary by default) to end; its exit code.
 pub async fn wait(client: &Client, container: &str, task: Option<&str>) -> anyhow::Result<i32> {
     #[derive(serde::Deserialize)]
@@ -238,7 +246,6 @@ pub async fn run_task(
     };
     tracing::debug!("attach before start refused ({refused}): following the log");
     start.await?;
-    let ws = client.websocket(&path).await.ok();
     let _raw = RawTerminal::for_io(io);
     let query = LogQuery {
         container: container.to_string(),
@@ -249,13 +256,15 @@ pub async fn run_task(
         Ok(logs) => logs,
         Err(ClientError::Api(e)) if e.status == 404 => {
             tracing::warn!("{e}: showing the live output only");
-            return match ws {
+            return match client.websocket(&path).await.ok() {
                 Some(ws) => live(client, ws, container, task, io).await,
                 None => wait(client, container, task).await,
             };
         }
         Err(e) => return Err(e.into()),
     };
+    let path = input_attach_path(container, task, io.stdin);
+    let ws = client.websocket(&path).await.ok();
     let reconnect = Reconnect::default();
     let input = async {
         let Some(mut ws) = ws else {
@@ -607,6 +616,14 @@ mod tests {
         assert_eq!(
             attach_path("web 1", Some("t1"), true),
             "/interaction/containers/web%201/attach?task=t1&stdin=true"
+        );
+        assert_eq!(
+            input_attach_path("abc", None, true),
+            "/interaction/containers/abc/attach?stdin=true&output=false"
+        );
+        assert_eq!(
+            input_attach_path("abc", None, false),
+            "/interaction/containers/abc/attach?output=false"
         );
     }
 

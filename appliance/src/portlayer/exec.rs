@@ -1804,11 +1804,12 @@ impl PortLayer {
         id: &str,
         task: Option<&str>,
         stdin: bool,
+        output: bool,
     ) -> Result<crate::backend::AttachStream, PortError> {
         let c = self.inspect_off(id).await?;
         let task = task.unwrap_or(&c.id).to_string();
         self.backend
-            .attach(&c.id, &task, stdin)
+            .attach(&c.id, &task, stdin, output)
             .await
             .map_err(|e| PortError::invalid(&task_element(&c.id, &task), e.to_string()))
     }

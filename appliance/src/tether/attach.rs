@@ -174,6 +174,7 @@ impl Attach {
         session: &str,
         from: (u64, u64),
         stdin: bool,
+        output: bool,
     ) -> Result<Self, ClientError> {
         let mut channel = handle.channel_open_session().await?;
         let req = AttachRequest {
@@ -181,6 +182,7 @@ impl Attach {
             stdout_offset: from.0,
             stderr_offset: from.1,
             stdin,
+            without_output: !output,
         };
         channel.exec(true, req.encode_to_vec()).await?;
         loop {

@@ -438,7 +438,18 @@ impl Client {
         stdin: bool,
     ) -> Result<Attach, ClientError> {
         let handle = self.handle.as_ref().ok_or(ClientError::Closed)?;
-        Attach::open(handle, self.rpc.clone(), session, from, stdin).await
+        Attach::open(handle, self.rpc.clone(), session, from, stdin, true).await
+    }
+
+    /// An attach that carries stdin, signals, resizes and the exit status,
+    /// but no output (a tether older than this sends it anyway).
+    pub async fn attach_without_output(
+        &self,
+        session: &str,
+        stdin: bool,
+    ) -> Result<Attach, ClientError> {
+        let handle = self.handle.as_ref().ok_or(ClientError::Closed)?;
+        Attach::open(handle, self.rpc.clone(), session, (0, 0), stdin, false).await
     }
 }
 

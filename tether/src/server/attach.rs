@@ -6,7 +6,8 @@
 //! goes back as the process takes it), EOF closes stdin after it,
 //! window-change resizes and signal signals. When
 //! the session has finished and everything was sent, the channel gets
-//! exit-status, EOF and close.
+//! exit-status, EOF and close. An attach asking for no output gets only
+//! that end (its client reads the output elsewhere).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,9 @@ const CHUNK: usize = 32 * 1024;
 /// Checks an attach request before the channel is accepted.
 pub fn check(sessions: &Sessions, req: &AttachRequest) -> Result<Arc<Session>, SessionError> {
     let s = sessions.get(&req.session)?;
+    if req.without_output {
+        return Ok(s);
+    }
     for (o, off) in [
         (&s.stdout, req.stdout_offset),
         (&s.stderr, req.stderr_offset),
@@ -113,6 +117,7 @@ pub async fn serve(channel: Channel<Msg>, req: AttachRequest, session: Arc<Sessi
     };
 
     let sent = AtomicU64::new(0);
+    let output = !req.without_output;
     let out = pump(
         &session.stdout,
         req.stdout_offset,
@@ -123,7 +128,12 @@ pub async fn serve(channel: Channel<Msg>, req: AttachRequest, session: Arc<Sessi
     let err = pump(&session.stderr, req.stderr_offset, &sent, credit, |b| {
         wr.extended_data_bytes(flow::EXT_STDERR, b)
     });
-    let (a, b) = tokio::join!(out, err);
+    // Without output, only the exit status goes out.
+    let (a, b) = if output {
+        tokio::join!(out, err)
+    } else {
+        (Ok(()), Ok(()))
+    };
     if a.is_ok() && b.is_ok() {
         // Delivered only once the host acknowledges it as stored (`Ack`).
         let status = session.wait().await;

@@ -871,6 +871,7 @@ impl Backend for LocalBackend {
         id: &str,
         task: &str,
         stdin: bool,
+        output: bool,
     ) -> Result<AttachStream, BackendError> {
         let run = self.get_ready(id).await?;
         let st = bounded(
@@ -885,15 +886,18 @@ impl Backend for LocalBackend {
             .first()
             .ok_or_else(|| BackendError::failed(id, format!("No task {task}")))?;
         // Live from now: what came before is in the task's log.
-        let mut a = bounded(
-            id,
-            "the attach",
-            CONTROL_TIMEOUT,
-            run.client
-                .attach(task, (s.stdout_offset, s.stderr_offset), stdin),
-        )
-        .await?
-        .manual_ack();
+        let attach = async {
+            if output {
+                run.client
+                    .attach(task, (s.stdout_offset, s.stderr_offset), stdin)
+                    .await
+            } else {
+                run.client.attach_without_output(task, stdin).await
+            }
+        };
+        let mut a = bounded(id, "the attach", CONTROL_TIMEOUT, attach)
+            .await?
+            .manual_ack();
         let (out_tx, output) = tokio::sync::mpsc::channel(64);
         let (input, mut in_rx) = tokio::sync::mpsc::channel::<AttachInput>(64);
         let client_task = task.to_string();
