@@ -1,0 +1,238 @@
+//! End to end through the Docker personality: the real docker CLI
+//! (`/usr/local/bin/docker`, 28.2.2) against `appliance serve
+//! --docker-socket`, with real container VMs (TCG).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tests::server::{Server, stderr, stdout};
+
+const DOCKER: &str = "/usr/local/bin/docker";
+
+/// A server with the Docker API on `<state>/docker.sock`.
+struct Docker {
+    _dir: tempfile::TempDir,
+    server: Server,
+    socket: PathBuf,
+    /// The CLI's own configuration directory, apart from the user's.
+    config: PathBuf,
+}
+
+impl Docker {
+    fn start() -> Docker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("docker.sock");
+        let config = dir.path().join("docker-config");
+        std::fs::create_dir_all(&config).expect("config dir");
+        let server = Server::start_with(
+            dir.path(),
+            &["--docker-socket", socket.to_str().expect("utf-8 path")],
+        );
+        Docker {
+            _dir: dir,
+            server,
+            socket,
+            config,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("timeout");
+        c.arg("300")
+            .arg(DOCKER)
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", &self.config)
+            .env_remove("DOCKER_API_VERSION")
+            .env_remove("DOCKER_CONTEXT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, None)
+    }
+
+    fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut c = self.command(args);
+        c.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = c.spawn().expect("spawn docker");
+        if let (Some(data), Some(mut s)) = (stdin, child.stdin.take()) {
+            s.write_all(data).expect("stdin");
+        }
+        child.wait_with_output().expect("docker output")
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "docker {args:?}: stdout {:?}, stderr {:?}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+}
+
+fn socket_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn docker_run_prints_output_exits_with_the_code_and_removes() {
+    let d = Docker::start();
+    assert_eq!(socket_mode(&d.socket), 0o600);
+    let v = d.ok(&[
+        "version",
+        "--format",
+        "{{.Server.APIVersion}} {{.Client.APIVersion}}",
+    ]);
+    assert_eq!(v.trim(), "1.45 1.45", "negotiated down to the server's");
+    let v = d.ok(&["version"]);
+    assert!(v.contains("Engine:"), "{v}");
+
+    let o = d.run(&["run", "--rm", "busybox", "echo", "hi"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "hi\n");
+    assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "", "--rm removed it");
+
+    let o = d.run(&["run", "--rm", "busybox", "sh", "-c", "echo err >&2; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert!(stderr(&o).contains("err\n"), "{}", stderr(&o));
+
+    let o = d.run_with_stdin(
+        &["run", "-i", "--rm", "busybox", "cat"],
+        Some(b"line one\nline two\n"),
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "line one\nline two\n");
+    assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "");
+
+    let env = d.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hello",
+        "-w",
+        "/tmp",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd",
+    ]);
+    assert_eq!(env, "hello\n/tmp\n");
+}
+
+#[test]
+fn detached_containers_log_stop_list_inspect_and_remove() {
+    let d = Docker::start();
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "x",
+        "-e",
+        "MARK=1",
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; while true; do sleep 1; done",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64, "{id}");
+
+    // Its output is in the log (it may take the VM a moment to boot).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let o = d.run(&["logs", "x"]);
+        if stdout(&o) == "started\n" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs: {:?} {:?}",
+            stdout(&o),
+            stderr(&o)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let ps = d.ok(&["ps", "--format", "{{.Names}} {{.State}}"]);
+    assert_eq!(ps.trim(), "x running");
+
+    // A second container by that name is Docker's conflict.
+    let o = d.run(&["create", "--name", "x", "busybox", "true"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is already in use by container"),
+        "{}",
+        stderr(&o)
+    );
+
+    assert_eq!(d.ok(&["stop", "x"]).trim(), "x");
+    let state = d.ok(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.State.ExitCode}} {{json .Config.Env}}",
+        "x",
+    ]);
+    let (status, rest) = state.trim().split_once(' ').expect("status");
+    assert_eq!(status, "exited");
+    let (code, env) = rest.split_once(' ').expect("code");
+    assert_ne!(code, "0", "stopped by a signal");
+    let env: Vec<String> = serde_json::from_str(env).expect("env JSON");
+    assert!(env.contains(&"MARK=1".to_string()), "{env:?}");
+
+    let ps = d.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.trim().starts_with("x Exited ("), "{ps}");
+    assert_eq!(d.ok(&["ps", "-q"]).trim(), "", "not running");
+    assert_eq!(d.ok(&["rm", "x"]).trim(), "x");
+    assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "");
+
+    for args in [
+        &["logs", "x"][..],
+        &["rm", "x"],
+        &["stop", "x"],
+        &["container", "inspect", "x"],
+    ] {
+        let o = d.run(args);
+        assert_ne!(o.status.code(), Some(0), "{args:?}");
+        assert!(
+            stderr(&o).contains("No such container: x"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+
+    // A running container goes with -f only.
+    d.ok(&["run", "-d", "--name", "y", "busybox", "sleep", "600"]);
+    let o = d.run(&["rm", "y"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("container is running"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(d.ok(&["rm", "-f", "y"]).trim(), "y");
+    assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "");
+
+    let images = d.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert_eq!(images.trim(), "busybox:latest");
+    let os = d.ok(&["image", "inspect", "--format", "{{.Os}}", "busybox"]);
+    assert_eq!(os.trim(), "linux");
+    drop(d.server);
+}
