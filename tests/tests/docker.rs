@@ -83,6 +83,21 @@ impl Docker {
     }
 }
 
+impl Docker {
+    /// `docker ARGS` (a shell line) in a terminal of its own sized `rows` x
+    /// `cols` (under `script`).
+    fn in_a_terminal(&self, rows: u16, cols: u16, args: &str) -> Output {
+        let cmd = format!("stty rows {rows} cols {cols} && exec {DOCKER} {args}");
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", &self.config)
+            .stdin(Stdio::null())
+            .output()
+            .expect("script (util-linux)")
+    }
+}
+
 fn socket_mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
@@ -235,4 +250,45 @@ fn detached_containers_log_stop_list_inspect_and_remove() {
     let os = d.ok(&["image", "inspect", "--format", "{{.Os}}", "busybox"]);
     assert_eq!(os.trim(), "linux");
     drop(d.server);
+}
+
+#[test]
+fn terminals_kills_waits_and_followed_logs() {
+    let d = Docker::start();
+    // The CLI gives its terminal's size at creation (ConsoleSize): the
+    // task's terminal has it from the first instruction.
+    let o = d.in_a_terminal(
+        30,
+        100,
+        "run --rm -t busybox sh -c 'tty; stty size; exit 5'",
+    );
+    let out = stdout(&o);
+    assert!(out.contains("/dev/pts/"), "not a terminal: {out:?}");
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(lines.last().copied(), Some("30 100"), "{out:?}");
+    assert_eq!(o.status.code(), Some(5), "{out:?}");
+
+    d.ok(&["run", "-d", "--name", "k", "busybox", "sleep", "600"]);
+    assert_eq!(d.ok(&["kill", "k"]).trim(), "k");
+    assert_eq!(d.ok(&["wait", "k"]).trim(), "137");
+    let o = d.run(&["kill", "k"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
+
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "f",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo $i; sleep 1; done; echo done >&2",
+    ]);
+    let o = d.run(&["logs", "-f", "f"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1\n2\n3\n");
+    assert_eq!(stderr(&o), "done\n");
+    assert_eq!(d.ok(&["wait", "f"]).trim(), "0");
+    assert_eq!(d.ok(&["logs", "--tail", "1", "f"]), "3\n");
 }
