@@ -292,3 +292,27 @@ fn terminals_kills_waits_and_followed_logs() {
     assert_eq!(d.ok(&["wait", "f"]).trim(), "0");
     assert_eq!(d.ok(&["logs", "--tail", "1", "f"]), "3\n");
 }
+
+#[test]
+fn exec_runs_commands_in_a_running_container() {
+    let d = Docker::start();
+    d.ok(&["run", "-d", "--name", "e", "busybox", "sleep", "600"]);
+    let o = d.run(&["exec", "e", "sh", "-c", "echo in; echo err >&2; exit 4"]);
+    assert_eq!(o.status.code(), Some(4), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "in\n");
+    assert_eq!(stderr(&o), "err\n");
+    let o = d.run_with_stdin(&["exec", "-i", "e", "wc", "-c"], Some(&[b'x'; 3000]));
+    assert_eq!(stdout(&o).trim(), "3000", "stderr: {}", stderr(&o));
+    let o = d.in_a_terminal(20, 70, "exec -t e stty size");
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(lines.last().copied(), Some("20 70"), "{out:?}");
+    assert_eq!(o.status.code(), Some(0), "{out:?}");
+    let o = d.run(&["exec", "nope", "true"]);
+    assert!(
+        stderr(&o).contains("No such container: nope"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(d.ok(&["rm", "-f", "e"]).trim(), "e");
+}

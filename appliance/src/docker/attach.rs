@@ -49,12 +49,14 @@ pub struct Attachments {
     changed: Notify,
 }
 
+type Control = (Option<String>, mpsc::UnboundedSender<Message>);
+
 #[derive(Default)]
 struct Live {
     next: u64,
-    /// Per container, per session: where its control frames go, once its
-    /// port layer attach is open.
-    sessions: HashMap<String, HashMap<u64, Option<mpsc::UnboundedSender<Message>>>>,
+    /// Per container, per session: its task (`None`: the primary one) and
+    /// where its control frames go, once its port layer attach is open.
+    sessions: HashMap<String, HashMap<u64, Option<Control>>>,
 }
 
 /// A session's place in the registry, given up on drop.
@@ -100,27 +102,27 @@ impl Attachments {
         }
     }
 
-    fn set_control(&self, hold: &Hold, tx: mpsc::UnboundedSender<Message>) {
+    fn set_control(&self, hold: &Hold, task: Option<String>, tx: mpsc::UnboundedSender<Message>) {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = live
             .sessions
             .get_mut(&hold.id)
             .and_then(|s| s.get_mut(&hold.n))
         {
-            *slot = Some(tx);
+            *slot = Some((task, tx));
         }
     }
 
-    /// Sends a control frame to every session of `id` that can take one;
-    /// how many took it.
-    fn control(&self, id: &str, frame: &Message) -> usize {
+    /// Sends a control frame to every session of task `task` (`None`: the
+    /// primary) of container `id` that can take one; how many took it.
+    pub fn control(&self, id: &str, task: Option<&str>, frame: &Message) -> usize {
         let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         live.sessions
             .get(id)
             .into_iter()
             .flat_map(HashMap::values)
             .flatten()
-            .filter(|tx| tx.send(frame.clone()).is_ok())
+            .filter(|(t, tx)| t.as_deref() == task && tx.send(frame.clone()).is_ok())
             .count()
     }
 
@@ -148,6 +150,8 @@ impl Attachments {
 /// What to read of a task's host log.
 #[derive(Clone, Debug, Default)]
 struct LogOpts {
+    /// The task (default: the primary one).
+    task: Option<String>,
     follow: bool,
     tail: Option<String>,
     since: Option<String>,
@@ -163,6 +167,7 @@ fn log_path(id: &str, o: &LogOpts, only: Option<u8>) -> String {
     with_query(
         &format!("/interaction/containers/{}/logs", encode(id)),
         &[
+            ("task", o.task.clone().unwrap_or_default()),
             ("stdout", off(only == Some(2))),
             ("stderr", off(only == Some(1))),
             ("follow", yes(o.follow)),
@@ -247,6 +252,7 @@ pub async fn logs(d: &Docker, id: &str, q: &Query) -> Reply {
     let c = containers::get(d, id).await?;
     let (tty, _) = primary_tty(&c);
     let o = LogOpts {
+        task: None,
         follow: q.flag("follow"),
         tail: q.get("tail").map(str::to_string),
         since: q.get("since").map(str::to_string),
@@ -277,27 +283,52 @@ fn now_since() -> String {
 }
 
 /// What one attach session does.
-struct Plan {
+pub struct Plan {
+    /// The container.
     id: String,
+    /// The task (default: the primary one).
+    task: Option<String>,
     tty: bool,
     stdin: bool,
     output: LogOpts,
 }
 
+impl Plan {
+    /// An exec session: the task's whole output, followed.
+    pub fn exec(id: &str, task: &str, tty: bool, stdin: bool) -> Self {
+        Self {
+            id: id.to_string(),
+            task: Some(task.to_string()),
+            tty,
+            stdin,
+            output: LogOpts {
+                task: Some(task.to_string()),
+                follow: true,
+                stdout: true,
+                stderr: true,
+                ..LogOpts::default()
+            },
+        }
+    }
+}
+
+/// Whether the request asks for Docker's upgrade (`Upgrade: tcp`).
+pub fn is_upgrade(req: &Request) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("tcp"))
+}
+
 /// `POST /containers/{id}/attach`: upgrades the connection, then streams.
-pub async fn attach(d: Arc<Docker>, id: &str, q: &Query, mut req: Request) -> Reply {
+pub async fn attach(d: Arc<Docker>, id: &str, q: &Query, req: Request) -> Reply {
     let c = containers::get(&d, id).await?;
     if c.state == PowerState::Exited {
         return Err(DockerError::conflict(
             "You cannot attach to a stopped container, start it first",
         ));
     }
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("tcp"));
-    if !upgrade {
+    if !is_upgrade(&req) {
         return Err(DockerError::bad_request(
             "Attach is an HTTP upgrade: send Connection: Upgrade and Upgrade: tcp",
         ));
@@ -305,6 +336,7 @@ pub async fn attach(d: Arc<Docker>, id: &str, q: &Query, mut req: Request) -> Re
     let (tty, open_stdin) = primary_tty(&c);
     let plan = Plan {
         id: c.id.clone(),
+        task: None,
         tty,
         stdin: q.flag("stdin") && open_stdin,
         output: LogOpts {
@@ -317,8 +349,14 @@ pub async fn attach(d: Arc<Docker>, id: &str, q: &Query, mut req: Request) -> Re
             ..LogOpts::default()
         },
     };
+    upgrade(d, plan, req)
+}
+
+/// Answers `101` and runs the session on the upgraded connection.
+pub fn upgrade(d: Arc<Docker>, plan: Plan, mut req: Request) -> Reply {
+    let tty = plan.tty;
     let upgrading = hyper::upgrade::on(&mut req);
-    let hold = Attachments::hold(&d, &c.id);
+    let hold = Attachments::hold(&d, &plan.id);
     tokio::spawn(async move {
         match upgrading.await {
             Ok(upgraded) => {
@@ -421,14 +459,17 @@ where
 {
     let path = with_query(
         &format!("/interaction/containers/{}/attach", encode(&plan.id)),
-        &[(
-            "stdin",
-            if plan.stdin {
-                "true".into()
-            } else {
-                String::new()
-            },
-        )],
+        &[
+            ("task", plan.task.clone().unwrap_or_default()),
+            (
+                "stdin",
+                if plan.stdin {
+                    "true".into()
+                } else {
+                    String::new()
+                },
+            ),
+        ],
     );
     let deadline = tokio::time::Instant::now() + ATTACH_RETRY;
     let ws = loop {
@@ -449,7 +490,7 @@ where
         }
     };
     let (tx, mut controls) = mpsc::unbounded_channel();
-    d.attachments.set_control(hold, tx);
+    d.attachments.set_control(hold, plan.task.clone(), tx);
     let (mut sink, mut source) = ws.split();
     let mut stdin_open = plan.stdin;
     let mut buf = vec![0u8; 32 * 1024];
@@ -484,16 +525,30 @@ where
     }
 }
 
-/// `POST /containers/{id}/resize?h=&w=`: to the container's attach
-/// sessions.
-pub async fn resize(d: &Docker, id: &str, q: &Query) -> Reply {
+/// `h` and `w` of a resize.
+pub fn terminal_size(q: &Query) -> Result<(u32, u32), DockerError> {
     let side = |k: &str| {
         q.get(k)
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|n| (1..=appliance::portlayer::validate::TTY_CELLS_MAX).contains(n))
             .ok_or_else(|| DockerError::bad_request(format!("Invalid {k}: 1 to 10000")))
     };
-    let (rows, cols) = (side("h")?, side("w")?);
+    Ok((side("h")?, side("w")?))
+}
+
+/// The port layer attach's resize frame.
+pub fn resize_frame(rows: u32, cols: u32) -> Message {
+    Message::Text(
+        json!({ "resize": { "rows": rows, "cols": cols } })
+            .to_string()
+            .into(),
+    )
+}
+
+/// `POST /containers/{id}/resize?h=&w=`: to the container's attach
+/// sessions.
+pub async fn resize(d: &Docker, id: &str, q: &Query) -> Reply {
+    let (rows, cols) = terminal_size(q)?;
     let c = containers::get(d, id).await?;
     if c.state != PowerState::Running {
         return Err(DockerError::conflict(format!(
@@ -501,12 +556,9 @@ pub async fn resize(d: &Docker, id: &str, q: &Query) -> Reply {
             c.id
         )));
     }
-    let frame = Message::Text(
-        json!({ "resize": { "rows": rows, "cols": cols } })
-            .to_string()
-            .into(),
-    );
-    let n = d.attachments.control(&c.id, &frame);
+    let n = d
+        .attachments
+        .control(&c.id, None, &resize_frame(rows, cols));
     tracing::debug!(
         "docker: resize of {} to {rows}x{cols} sent to {n} sessions",
         c.id

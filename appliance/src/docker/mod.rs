@@ -12,10 +12,11 @@
 //!
 //! Files: `types` (the wire types), `containers` (the container verbs),
 //! `attach` (the hijacked attach stream and the output streams it shares
-//! with `logs`), `images`, and here the server, the routing and `system`.
+//! with `logs`), `exec`, `images`, and here the server, the routing and `system`.
 
 mod attach;
 mod containers;
+mod exec;
 mod images;
 mod types;
 
@@ -258,6 +259,10 @@ async fn route(d: &Arc<Docker>, path: &str, q: Query, req: Request) -> Reply {
             attach::attach(d.clone(), id, &q, req).await
         }
         (&Method::POST, ["containers", id, "resize"]) => attach::resize(d, id, &q).await,
+        (&Method::POST, ["containers", id, "exec"]) => exec::create(d, id, &body(req).await?).await,
+        (&Method::POST, ["exec", id, "start"]) => exec::start(d.clone(), id, req).await,
+        (&Method::GET, ["exec", id, "json"]) => exec::inspect(d, id).await,
+        (&Method::POST, ["exec", id, "resize"]) => exec::resize(d, id, &q).await,
         (&Method::GET, ["images", "json"]) => images::list(d, &q).await,
         (&Method::GET, ["images", name @ .., "json"]) if !name.is_empty() => {
             images::inspect(d, &name.join("/")).await
