@@ -138,6 +138,25 @@ fn docker_run_prints_output_exits_with_the_code_and_removes() {
     assert_eq!(stdout(&o), "line one\nline two\n");
     assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "");
 
+    let o = d.run(&["run", "--rm", "busybox", "nosuchcommand"]);
+    assert_eq!(o.status.code(), Some(127), "stderr: {}", stderr(&o));
+
+    // Without --rm it stays, exited, with its code.
+    let o = d.run(&["run", "--name", "kept", "busybox", "sh", "-c", "exit 2"]);
+    assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
+    let ps = d.ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"]);
+    assert_eq!(ps.trim(), "kept exited");
+    let code = d.ok(&["inspect", "--format", "{{.State.ExitCode}}", "kept"]);
+    assert_eq!(code.trim(), "2");
+    assert_eq!(d.ok(&["rm", "kept"]).trim(), "kept");
+
+    let info = d.ok(&[
+        "info",
+        "--format",
+        "{{.OSType}} {{.Images}} {{.Containers}}",
+    ]);
+    assert_eq!(info.trim(), "linux 1 0");
+
     let env = d.ok(&[
         "run",
         "--rm",
