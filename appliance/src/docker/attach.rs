@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::containers::{self, POLL};
+use super::containers::{self, POLL, Watch};
 use super::{Docker, DockerError, Query, Reply};
 use crate::client::{BodyStream, ClientError, encode, with_query};
 
@@ -398,13 +398,15 @@ where
 {
     let (mut reader, mut writer) = tokio::io::split(conn);
     // The CLI attaches before it starts the container.
+    let mut watch = Watch::open(d, &plan.id).await;
     loop {
         let c = containers::get(d, &plan.id).await?;
         if c.state != PowerState::Created {
             break;
         }
-        tokio::time::sleep(POLL).await;
+        watch.changed().await;
     }
+    drop(watch);
     let o = &plan.output;
     let out = if o.stdout || o.stderr {
         Some(output(d, &plan.id, plan.tty, o).await?)
@@ -441,10 +443,11 @@ where
 
 /// Until the container is no longer running (or gone).
 async fn wait_exit(d: &Docker, id: &str) {
+    let mut watch = Watch::open(d, id).await;
     loop {
         match containers::get(d, id).await {
             Ok(c) if matches!(c.state, PowerState::Running | PowerState::Paused) => {
-                tokio::time::sleep(POLL).await;
+                watch.changed().await;
             }
             _ => return,
         }

@@ -23,11 +23,14 @@ use super::types::{
     WaitResponse,
 };
 use super::{Docker, DockerError, Query, Reply, empty, json};
-use crate::client::{ClientError, encode, with_query};
+use crate::client::{BodyStream, ClientError, encode, with_query};
 
-/// How often a state the port layer does not stream is polled (a
-/// container's start, seen from a wait or an attach; its removal).
+/// How often a short-lived refusal is retried (the port layer's attach of
+/// a task that is being started).
 pub const POLL: Duration = Duration::from_millis(100);
+/// A container's state is read again on each of its events, and at least
+/// this often (should an event be missed, or the stream fail).
+const WATCH_FALLBACK: Duration = Duration::from_secs(1);
 /// How long `--rm` waits for attach sessions to deliver the output before
 /// removing the container regardless.
 const DRAIN_WAIT: Duration = Duration::from_secs(30);
@@ -308,6 +311,47 @@ pub async fn inspect(d: &Docker, id: &str) -> Reply {
     json(StatusCode::OK, &ContainerInspect::new(&c))
 }
 
+/// Wakes on the port layer's events about a container (`/events`, JSON
+/// lines, filtered by element): the personality waits for starts, exits
+/// and removals on them instead of polling. Opened before the state is
+/// read, so that no change falls in between.
+pub struct Watch {
+    events: Option<BodyStream>,
+}
+
+impl Watch {
+    pub async fn open(d: &Docker, id: &str) -> Self {
+        let path = with_query(
+            "/events",
+            &[
+                ("filter", format!("element={id}")),
+                ("format", "json".into()),
+            ],
+        );
+        let events = match d.client.open_stream(&path).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::debug!("docker: events of {id}: {e}; reading its state every second");
+                None
+            }
+        };
+        Self { events }
+    }
+
+    /// Returns on the next event (or after [`WATCH_FALLBACK`]).
+    pub async fn changed(&mut self) {
+        let Some(events) = &mut self.events else {
+            tokio::time::sleep(WATCH_FALLBACK).await;
+            return;
+        };
+        match tokio::time::timeout(WATCH_FALLBACK, events.chunk()).await {
+            Ok(Ok(Some(_))) | Err(_) => {}
+            // The stream ended: read the state every second from now on.
+            Ok(Ok(None) | Err(_)) => self.events = None,
+        }
+    }
+}
+
 /// The primary task's exit code once it has exited: a created container
 /// is waited for to start first.
 async fn exit_code(d: &Docker, id: &str) -> Result<Option<i32>, DockerError> {
@@ -315,10 +359,11 @@ async fn exit_code(d: &Docker, id: &str) -> Result<Option<i32>, DockerError> {
     struct WaitResult {
         exit_code: Option<i32>,
     }
+    let mut watch = Watch::open(d, id).await;
     loop {
         let c = get(d, id).await?;
         match c.state {
-            PowerState::Created => tokio::time::sleep(POLL).await,
+            PowerState::Created => watch.changed().await,
             PowerState::Exited => return Ok(c.exit_code),
             PowerState::Running | PowerState::Paused => {
                 match d
@@ -333,7 +378,7 @@ async fn exit_code(d: &Docker, id: &str) -> Result<Option<i32>, DockerError> {
                             while get(d, id).await.is_ok_and(|c| {
                                 matches!(c.state, PowerState::Running | PowerState::Paused)
                             }) {
-                                tokio::time::sleep(POLL).await;
+                                watch.changed().await;
                             }
                         };
                         let _ = tokio::time::timeout(SETTLE_WAIT, settled).await;
@@ -341,7 +386,7 @@ async fn exit_code(d: &Docker, id: &str) -> Result<Option<i32>, DockerError> {
                     }
                     // Between states: look again.
                     Err(ClientError::Api(a)) if a.status == 400 => {
-                        tokio::time::sleep(POLL).await;
+                        watch.changed().await;
                     }
                     Err(e) => return Err(DockerError::on_container(e, id)),
                 }
@@ -352,11 +397,12 @@ async fn exit_code(d: &Docker, id: &str) -> Result<Option<i32>, DockerError> {
 
 /// Waits until the container is gone (after `--rm`).
 async fn removed(d: &Docker, id: &str) -> Result<(), DockerError> {
+    let mut watch = Watch::open(d, id).await;
     loop {
         match get(d, id).await {
             Err(DockerError::NoSuchContainer(_)) => return Ok(()),
             Err(e) => return Err(e),
-            Ok(_) => tokio::time::sleep(POLL).await,
+            Ok(_) => watch.changed().await,
         }
     }
 }
