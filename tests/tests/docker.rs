@@ -315,7 +315,40 @@ fn terminals_kills_waits_and_followed_logs() {
 #[test]
 fn exec_runs_commands_in_a_running_container() {
     let d = Docker::start();
-    d.ok(&["run", "-d", "--name", "e", "busybox", "sleep", "600"]);
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "e",
+        "-l",
+        "role=sleeper",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    // Docker's filters are the port layer's filterspec.
+    let listed = |filter: &str| d.ok(&["ps", "-a", "-q", "--no-trunc", "--filter", filter]);
+    assert_eq!(listed("label=role=sleeper").trim(), id.trim());
+    assert_eq!(listed("label=role").trim(), id.trim());
+    assert_eq!(listed("label=role=other").trim(), "");
+    assert_eq!(listed("status=running").trim(), id.trim());
+    assert_eq!(listed("status=exited").trim(), "");
+    assert_eq!(listed(&format!("id={}", &id[..8])).trim(), id.trim());
+    let o = d.run(&["ps", "--filter", "ancestor=busybox"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("not supported"), "{}", stderr(&o));
+
+    // What cannot be done yet is refused, and makes nothing.
+    for args in [
+        &["run", "-v", "/srv:/srv", "busybox", "true"][..],
+        &["run", "-p", "8080:80", "busybox", "true"],
+    ] {
+        let o = d.run(args);
+        assert_eq!(o.status.code(), Some(125), "{args:?}");
+        assert!(stderr(&o).contains("not supported"), "{}", stderr(&o));
+    }
+    assert_eq!(d.ok(&["ps", "-a", "-q", "--no-trunc"]).trim(), id.trim());
+
     let o = d.run(&["exec", "e", "sh", "-c", "echo in; echo err >&2; exit 4"]);
     assert_eq!(o.status.code(), Some(4), "stderr: {}", stderr(&o));
     assert_eq!(stdout(&o), "in\n");

@@ -292,11 +292,92 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// `GET /containers/json?all=`: running ones unless `all`, newest first.
+/// Docker's `filters` (`{"label":{"a=b":true}}`, or the older
+/// `{"label":["a=b"]}`): each key's values.
+fn docker_filters(json: &str) -> Result<Vec<(String, Vec<String>)>, DockerError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Values {
+        Map(std::collections::BTreeMap<String, bool>),
+        List(Vec<String>),
+    }
+    let bad = |e: String| DockerError::bad_request(format!("Invalid filters {json:?}: {e}"));
+    let parsed: std::collections::BTreeMap<String, Values> =
+        serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    Ok(parsed
+        .into_iter()
+        .map(|(k, v)| {
+            let values = match v {
+                Values::Map(m) => m
+                    .into_iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(v, _)| v)
+                    .collect(),
+                Values::List(l) => l,
+            };
+            (k, values)
+        })
+        .collect())
+}
+
+/// A filterspec value, quoted.
+fn quoted(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Docker's container filters as a port layer filterspec: `status` (any
+/// of), `id` (prefixes, any of), `label` (`key` or `key=value`, all of).
+/// Whether a status was given too (then docker lists beyond the running
+/// ones without `all`).
+fn container_filterspec(json: Option<&str>) -> Result<(String, bool), DockerError> {
+    let Some(json) = json else {
+        return Ok((String::new(), false));
+    };
+    let mut terms = Vec::new();
+    let mut status = false;
+    for (key, values) in docker_filters(json)? {
+        if values.is_empty() {
+            continue;
+        }
+        match key.as_str() {
+            "status" => {
+                status = true;
+                let any: Vec<String> = values.iter().map(|v| quoted(v)).collect();
+                terms.push(format!("state={}", any.join("|")));
+            }
+            "id" => {
+                let any: Vec<String> = values.iter().map(|v| format!("{}*", quoted(v))).collect();
+                terms.push(format!("id={}", any.join("|")));
+            }
+            "label" => {
+                for v in &values {
+                    match v.split_once('=') {
+                        Some((k, val)) => terms.push(format!("label.{k}={}", quoted(val))),
+                        None => terms.push(format!("label.{v}")),
+                    }
+                }
+            }
+            other => {
+                return Err(DockerError::bad_request(format!(
+                    "The {other:?} filter is not supported by this appliance yet \
+                     (status, id and label are)"
+                )));
+            }
+        }
+    }
+    Ok((terms.join(","), status))
+}
+
+/// `GET /containers/json?all=&filters=`: running ones unless `all` (or a
+/// status filter), newest first. Filters become the port layer's
+/// filterspec.
 pub async fn list(d: &Docker, q: &Query) -> Reply {
-    q.no_filters()?;
-    let mut all: Vec<Container> = d.client.get("/exec/containers").await?;
-    if !q.flag("all") {
+    let (filter, status) = container_filterspec(q.get("filters"))?;
+    let mut all: Vec<Container> = d
+        .client
+        .get(&with_query("/exec/containers", &[("filter", filter)]))
+        .await?;
+    if !q.flag("all") && !status {
         all.retain(|c| matches!(c.state, PowerState::Running | PowerState::Paused));
     }
     all.sort_by_key(|c| std::cmp::Reverse(c.created_at));
@@ -466,4 +547,31 @@ pub async fn wait(d: &Arc<Docker>, id: &str, q: &Query) -> Reply {
         Body::from_stream(body),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_filters_become_a_filterspec() {
+        assert_eq!(
+            container_filterspec(None).expect("none"),
+            (String::new(), false)
+        );
+        let (f, status) = container_filterspec(Some(
+            r#"{"status":{"exited":true,"created":true},"label":{"app=web":true,"tier":true}}"#,
+        ))
+        .expect("filters");
+        assert!(status);
+        assert_eq!(f, r#"label.app="web",label.tier,state="created"|"exited""#);
+        let (f, status) =
+            container_filterspec(Some(r#"{"id":["ab"],"label":["a=\"q\""]}"#)).expect("list form");
+        assert!(!status);
+        assert_eq!(f, r#"id="ab"*,label.a="\"q\"""#);
+        let e =
+            container_filterspec(Some(r#"{"ancestor":{"busybox":true}}"#)).expect_err("unknown");
+        assert!(e.to_string().contains("\"ancestor\" filter"), "{e}");
+        assert!(container_filterspec(Some("nope")).is_err());
+    }
 }
