@@ -367,4 +367,28 @@ fn exec_runs_commands_in_a_running_container() {
         stderr(&o)
     );
     assert_eq!(d.ok(&["rm", "-f", "e"]).trim(), "e");
+
+    // Attached later to a running container: its input, and its output
+    // from then on; the end of stdin ends it.
+    d.ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "a",
+        "busybox",
+        "sh",
+        "-c",
+        "echo early; cat",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while stdout(&d.run(&["logs", "a"])) != "early\n" {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let o = d.run_with_stdin(&["attach", "a"], Some(b"late\n"));
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "late\n", "only what came after the attach");
+    assert_eq!(d.ok(&["wait", "a"]).trim(), "0");
+    assert_eq!(d.ok(&["logs", "a"]), "early\nlate\n");
 }
