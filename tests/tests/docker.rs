@@ -217,6 +217,18 @@ fn detached_containers_log_stop_list_inspect_and_remove() {
         stderr(&o)
     );
 
+    // Pause, unpause, rename, restart.
+    assert_eq!(d.ok(&["pause", "x"]).trim(), "x");
+    let state = |name: &str| d.ok(&["inspect", "--format", "{{.State.Status}}", name]);
+    assert_eq!(state("x").trim(), "paused");
+    assert_eq!(d.ok(&["unpause", "x"]).trim(), "x");
+    assert_eq!(state("x").trim(), "running");
+    d.ok(&["rename", "x", "x2"]);
+    assert_eq!(d.ok(&["ps", "--format", "{{.Names}}"]).trim(), "x2");
+    d.ok(&["rename", "x2", "x"]);
+    assert_eq!(d.ok(&["restart", "x"]).trim(), "x");
+    assert_eq!(state("x").trim(), "running");
+
     assert_eq!(d.ok(&["stop", "x"]).trim(), "x");
     let state = d.ok(&[
         "inspect",

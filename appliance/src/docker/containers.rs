@@ -243,6 +243,85 @@ pub async fn stop(d: &Docker, id: &str, q: &Query) -> Reply {
     empty(StatusCode::NO_CONTENT)
 }
 
+/// `POST /containers/{id}/restart`: stop (if running), then start.
+pub async fn restart(d: &Arc<Docker>, id: &str, q: &Query) -> Reply {
+    let c = get(d, id).await?;
+    if matches!(c.state, PowerState::Running | PowerState::Paused) {
+        stop(d, &c.id, q).await?;
+    }
+    start(d, &c.id).await?;
+    empty(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/{id}/pause`.
+pub async fn pause(d: &Docker, id: &str) -> Reply {
+    let c = get(d, id).await?;
+    match c.state {
+        PowerState::Running => {}
+        PowerState::Paused => {
+            return Err(DockerError::conflict(format!(
+                "Container {} is already paused",
+                c.id
+            )));
+        }
+        _ => {
+            return Err(DockerError::conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+    }
+    change_state(d, &c.id, TargetState::Paused).await?;
+    empty(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/{id}/unpause`.
+pub async fn unpause(d: &Docker, id: &str) -> Reply {
+    let c = get(d, id).await?;
+    if c.state != PowerState::Paused {
+        return Err(DockerError::conflict(format!(
+            "Container {} is not paused",
+            c.id
+        )));
+    }
+    change_state(d, &c.id, TargetState::Running).await?;
+    empty(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/{id}/rename?name=`: get handle → rename → commit.
+pub async fn rename(d: &Docker, id: &str, q: &Query) -> Reply {
+    let name = q
+        .get("name")
+        .map(|n| n.trim_start_matches('/'))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| DockerError::bad_request("A new name is needed (name=...)"))?;
+    let c = get(d, id).await?;
+    let h: HandleBody = d
+        .client
+        .get(&format!("{}/handle", container_path(&c.id)))
+        .await
+        .map_err(|e| DockerError::on_container(e, id))?;
+    let renamed = d
+        .client
+        .post::<HandleBody>(
+            "/exec/handles/rename",
+            &json!({ "handle": h.handle, "name": name }),
+        )
+        .await;
+    let h = match renamed {
+        Ok(h) => h,
+        Err(ClientError::Api(a)) if a.status == 409 => return Err(name_conflict(d, name).await),
+        Err(e) => return Err(e.into()),
+    };
+    match commit(d, h.handle).await {
+        Ok(_) => empty(StatusCode::NO_CONTENT),
+        Err(DockerError::PortLayer(ClientError::Api(a))) if a.status == 409 => {
+            Err(name_conflict(d, name).await)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// `POST /containers/{id}/kill?signal=`: KILL by default.
 pub async fn kill(d: &Docker, id: &str, q: &Query) -> Reply {
     let signal = crate::cli::signals::parse(q.get("signal").unwrap_or("KILL"))
