@@ -150,6 +150,32 @@ fn docker_run_prints_output_exits_with_the_code_and_removes() {
     assert_eq!(code.trim(), "2");
     assert_eq!(d.ok(&["rm", "kept"]).trim(), "kept");
 
+    let o = d.ok(&[
+        "run",
+        "--rm",
+        "--hostname",
+        "h1",
+        "-u",
+        "1000",
+        "--entrypoint",
+        "sh",
+        "busybox",
+        "-c",
+        "hostname; id -u",
+    ]);
+    assert_eq!(o, "h1\n1000\n");
+    d.ok(&[
+        "create", "--name", "m", "-m", "300m", "--cpus", "2", "busybox", "true",
+    ]);
+    let o = d.ok(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.State.Status}}",
+        "m",
+    ]);
+    assert_eq!(o.trim(), "314572800 2000000000 created");
+    assert_eq!(d.ok(&["rm", "m"]).trim(), "m");
+
     let info = d.ok(&[
         "info",
         "--format",
