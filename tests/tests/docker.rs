@@ -430,3 +430,22 @@ fn exec_runs_commands_in_a_running_container() {
     assert_eq!(d.ok(&["wait", "a"]).trim(), "0");
     assert_eq!(d.ok(&["logs", "a"]), "early\nlate\n");
 }
+
+#[test]
+fn rm_is_carried_out_by_a_restarted_server() {
+    let mut d = Docker::start();
+    d.ok(&["run", "-d", "--rm", "--name", "r", "busybox", "sleep", "3"]);
+    d.server.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let left = d.ok(&["ps", "-a", "-q"]);
+        if left.trim().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still there after the restart: {left}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

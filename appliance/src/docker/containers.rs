@@ -200,6 +200,37 @@ pub async fn start(d: &Arc<Docker>, id: &str) -> Reply {
     empty(StatusCode::NO_CONTENT)
 }
 
+/// Takes on the `--rm` of containers a previous personality started: those
+/// that run are removed once they exit, those that exited meanwhile now.
+/// (The port layer's socket comes up alongside: the list is retried a
+/// few times.)
+pub async fn resume_auto_removes(d: Arc<Docker>) {
+    let path = with_query(
+        "/exec/containers",
+        &[("filter", format!("label.{AUTO_REMOVE}"))],
+    );
+    let mut listed = None;
+    for _ in 0..50 {
+        match d.client.get::<Vec<Container>>(&path).await {
+            Ok(all) => {
+                listed = Some(all);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!("docker: listing --rm containers: {e}");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+    let Some(all) = listed else {
+        tracing::warn!("docker: could not list the --rm containers to remove once they exit");
+        return;
+    };
+    for c in all.into_iter().filter(|c| c.state != PowerState::Created) {
+        tokio::spawn(auto_remove(d.clone(), c.id));
+    }
+}
+
 /// `--rm`: once the container has exited and its attach sessions have
 /// delivered its output, remove it.
 async fn auto_remove(d: Arc<Docker>, id: String) {

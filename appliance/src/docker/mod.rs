@@ -55,15 +55,14 @@ pub async fn serve_until(
     portlayer: PathBuf,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    appliance::api::serve_unix_until(router(Client::new(portlayer)), socket, stop).await
-}
-
-fn router(client: Client) -> Router {
     let docker = Arc::new(Docker {
-        client,
+        client: Client::new(portlayer),
         attachments: attach::Attachments::default(),
     });
-    Router::new().fallback(dispatch).with_state(docker)
+    // `--rm` containers started before this process came up.
+    tokio::spawn(containers::resume_auto_removes(docker.clone()));
+    let router = Router::new().fallback(dispatch).with_state(docker);
+    appliance::api::serve_unix_until(router, socket, stop).await
 }
 
 /// A failed Docker call, as the docker CLI expects it: a status and a
