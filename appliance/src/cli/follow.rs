@@ -314,7 +314,7 @@ impl LogFollow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::client::canned::{response, setup};
+    use crate::client::canned::{response, setup};
 
     fn chunked(parts: &[&str]) -> Vec<Vec<u8>> {
         let mut v = vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()];

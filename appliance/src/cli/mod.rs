@@ -5,8 +5,9 @@
 //! rename, wait), `attach` (attach, exec and the terminal streaming they
 //! share with run), `logs`, `events`, `images` (pull, images, rmi, import,
 //! tag), `volumes` (volume ...), `cp`, `serve`. Below them: `client` (the
-//! transport), `handles` (handle → change → commit), `follow` (reading a
-//! starting task's log), `signals` (signal names).
+//! transport, `crate::client`, shared with the Docker personality),
+//! `handles` (handle → change → commit), `follow` (reading a starting
+//! task's log), `signals` (signal names).
 //!
 //! Exit status, as docker's: a command's own failure is 125 (the runtime
 //! failed) or 1 (one of several targets failed, or a commit reported an
@@ -17,7 +18,7 @@
 #[cfg(test)]
 mod against_fake;
 mod attach;
-mod client;
+use crate::client;
 mod containers;
 mod cp;
 mod events;
@@ -30,7 +31,7 @@ mod output;
 mod reconnect;
 mod run;
 mod serve;
-mod signals;
+pub(crate) mod signals;
 mod volumes;
 
 use std::path::PathBuf;

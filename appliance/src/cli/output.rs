@@ -184,7 +184,7 @@ mod tests {
         assert!(is_closed(&e));
         // Through the client's error, as a streamed log's callback fails.
         let e = write_flush(Gone, b"x").expect_err("gone");
-        let e = anyhow::Error::from(crate::cli::client::ClientError::Output(e));
+        let e = anyhow::Error::from(crate::client::ClientError::Output(e));
         assert!(is_closed(&e));
         // A broken pipe to the appliance is a failure like any other.
         let e = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe));

@@ -140,7 +140,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::client::ApiError;
+    use crate::client::ApiError;
 
     fn unreachable(kind: std::io::ErrorKind) -> ClientError {
         ClientError::Unreachable {

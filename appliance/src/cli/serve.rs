@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// the containers this server starts.
     #[arg(long, env = "APPLIANCE_LINGER", default_value = "24h", value_parser = parse_linger)]
     linger: std::time::Duration,
+    /// Also serve the Docker Engine API on this unix socket (mode 0600), for
+    /// the docker CLI and SDKs (`DOCKER_HOST=unix://PATH`). Off by default.
+    #[arg(long, env = "APPLIANCE_DOCKER_SOCKET")]
+    docker_socket: Option<PathBuf>,
 }
 
 fn parse_linger(s: &str) -> Result<std::time::Duration, String> {
@@ -173,13 +177,23 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
         }
     };
     let unix = appliance::api::serve_unix_until(router.clone(), &socket, stop());
+    // The Docker personality is a client of the port layer's socket.
+    let docker = async {
+        match &args.docker_socket {
+            Some(path) => {
+                eprintln!("appliance: serving the Docker API on {}", path.display());
+                crate::docker::serve_until(path, socket.clone(), stop()).await
+            }
+            None => Ok(()),
+        }
+    };
     let servers = async {
         match args.tcp {
             Some(addr) => {
                 let tcp = appliance::api::serve_tcp_until(router, addr, tls, stop());
-                tokio::try_join!(unix, tcp).map(|_| ())
+                tokio::try_join!(unix, tcp, docker).map(|_| ())
             }
-            None => unix.await,
+            None => tokio::try_join!(unix, docker).map(|_| ()),
         }
     };
     tokio::pin!(servers);

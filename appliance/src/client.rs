@@ -1,10 +1,12 @@
-//! The CLI's HTTP/1.1 client for the port layer's REST server, over the
-//! unix socket `<state>/appliance.sock`: JSON requests, streamed GETs (logs,
-//! events) and the WebSocket attach.
+//! The HTTP/1.1 client for the port layer's REST server, over the unix
+//! socket `<state>/appliance.sock`: JSON requests, streamed GETs (logs,
+//! events) and the WebSocket attach. Shared by the CLI (`cli`) and the
+//! Docker personality (`docker`), which reach the port layer through it
+//! only.
 //!
 //! Owns the transport and the mapping of the server's error JSON
 //! (`{"code","message","element"}`) to [`ClientError`]. It knows nothing
-//! about containers: the subcommands build paths and bodies.
+//! about containers: its callers build paths and bodies.
 
 use std::path::{Path, PathBuf};
 
