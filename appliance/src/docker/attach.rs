@@ -455,7 +455,8 @@ async fn wait_exit(d: &Docker, id: &str) {
 }
 
 /// Forwards the client's stdin (and its end), and this session's resizes,
-/// through a port layer attach; returns when that attach ends.
+/// through a port layer attach that carries no output; returns when that
+/// attach ends.
 async fn input<R>(d: &Docker, plan: &Plan, reader: &mut R, hold: &Hold)
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -472,6 +473,8 @@ where
                     String::new()
                 },
             ),
+            // The output comes from the log: the guest sends it once.
+            ("output", "false".into()),
         ],
     );
     let deadline = tokio::time::Instant::now() + ATTACH_RETRY;
