@@ -295,16 +295,9 @@ pub async fn ps(client: &Client, args: PsArgs) -> anyhow::Result<u8> {
             outln!("{}", output::printable(short_id(&c.id, args.no_trunc)))?;
         }
     } else {
-        output::out(ps_table(&list, now_ms(), args.no_trunc).as_bytes())?;
+        output::out(ps_table(&list, appliance::store::now_ms(), args.no_trunc).as_bytes())?;
     }
     Ok(0)
-}
-
-fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn short_id(id: &str, no_trunc: bool) -> &str {

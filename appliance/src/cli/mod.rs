@@ -19,7 +19,7 @@
 mod against_fake;
 mod attach;
 use crate::client;
-mod containers;
+pub(crate) mod containers;
 mod cp;
 mod events;
 mod follow;

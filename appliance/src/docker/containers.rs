@@ -396,12 +396,6 @@ pub async fn remove(d: &Docker, id: &str, q: &Query) -> Reply {
     empty(StatusCode::NO_CONTENT)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Docker's `filters` (`{"label":{"a=b":true}}`, or the older
 /// `{"label":["a=b"]}`): each key's values.
 fn docker_filters(json: &str) -> Result<Vec<(String, Vec<String>)>, DockerError> {
@@ -491,7 +485,7 @@ pub async fn list(d: &Docker, q: &Query) -> Reply {
         all.retain(|c| matches!(c.state, PowerState::Running | PowerState::Paused));
     }
     all.sort_by_key(|c| std::cmp::Reverse(c.created_at));
-    let now = now_ms();
+    let now = appliance::store::now_ms();
     let out: Vec<ContainerSummary> = all.iter().map(|c| ContainerSummary::new(c, now)).collect();
     json(StatusCode::OK, &out)
 }

@@ -127,35 +127,6 @@ fn command_line(c: &Container) -> String {
         .unwrap_or_default()
 }
 
-/// "5 seconds", "About a minute", "3 hours": how docker says a duration.
-pub fn human_duration(ms: i64) -> String {
-    let s = ms.max(0) / 1000;
-    match s {
-        0 => "Less than a second".into(),
-        1 => "1 second".into(),
-        2..60 => format!("{s} seconds"),
-        60..120 => "About a minute".into(),
-        120..3600 => format!("{} minutes", s / 60),
-        3600..7200 => "About an hour".into(),
-        7200..172_800 => format!("{} hours", s / 3600),
-        _ => format!("{} days", s / 86_400),
-    }
-}
-
-/// `docker ps`'s STATUS column.
-pub fn status_text(c: &Container, now_ms: i64) -> String {
-    match c.state {
-        PowerState::Created => "Created".into(),
-        PowerState::Running => format!("Up {}", human_duration(now_ms - c.started_at)),
-        PowerState::Paused => format!("Up {} (Paused)", human_duration(now_ms - c.started_at)),
-        PowerState::Exited => format!(
-            "Exited ({}) {} ago",
-            c.exit_code.unwrap_or(-1),
-            human_duration(now_ms - c.finished_at)
-        ),
-    }
-}
-
 /// An entry of `GET /containers/json`.
 #[derive(Serialize, Debug)]
 #[serde(rename_all = "PascalCase")]
@@ -185,7 +156,7 @@ impl ContainerSummary {
             command: command_line(c),
             created: c.created_at / 1000,
             state: state_word(c).into(),
-            status: status_text(c, now_ms),
+            status: crate::cli::containers::status(c, now_ms),
             ports: vec![],
             labels: user_labels(c),
             mounts: vec![],
@@ -480,12 +451,18 @@ mod tests {
             finished_at: 1_000,
             ..Container::default()
         };
-        assert_eq!(status_text(&c, 6_000), "Exited (3) 5 seconds ago");
+        assert_eq!(
+            crate::cli::containers::status(&c, 6_000),
+            "Exited (3) 5 seconds ago"
+        );
         c.state = PowerState::Running;
         c.started_at = 0;
-        assert_eq!(status_text(&c, 90_000), "Up About a minute");
+        assert_eq!(
+            crate::cli::containers::status(&c, 90_000),
+            "Up About a minute"
+        );
         c.state = PowerState::Created;
-        assert_eq!(status_text(&c, 0), "Created");
+        assert_eq!(crate::cli::containers::status(&c, 0), "Created");
         assert_eq!(
             short_name("docker.io/library/busybox:latest"),
             "busybox:latest"

@@ -36,12 +36,11 @@ impl Accel {
     /// (a third of the guest's time on an attach stream, and the raw
     /// virtio-serial link ran at a third of its speed). No program needs
     /// them to run; every instruction set stays.
-    pub fn qemu_cpu(self) -> String {
+    pub fn qemu_cpu(self) -> &'static str {
         match self {
             Accel::Kvm => "host",
             Accel::Tcg => "max,-erms,-fsrm",
         }
-        .to_string()
     }
 }
 
@@ -173,7 +172,7 @@ pub async fn probe(
             "-accel",
             accel.qemu_name(),
             "-cpu",
-            &cpu,
+            cpu,
             "-m",
             "128",
         ])

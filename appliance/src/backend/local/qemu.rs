@@ -120,7 +120,7 @@ impl VmConfig {
         push("-accel");
         push(self.accel.qemu_name());
         push("-cpu");
-        push(&self.accel.qemu_cpu());
+        push(self.accel.qemu_cpu());
         push("-m");
         push(&self.memory_mib.to_string());
         push("-smp");
