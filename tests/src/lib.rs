@@ -167,6 +167,7 @@ impl TestVm {
 }
 pub mod bench_network;
 pub mod bench_storage;
+pub mod docker;
 pub mod netns;
 pub mod oci_image;
 pub mod registry;

@@ -105,6 +105,16 @@ impl Server {
         Server::start_full(state, None, &args)
     }
 
+    /// Starts a server in `netns` (if given) with options after `serve`.
+    pub fn start_in_with(
+        state: &Path,
+        netns: Option<&crate::netns::Netns>,
+        args: &[&str],
+    ) -> Server {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Server::start_full(state, netns, &args)
+    }
+
     fn start_full(state: &Path, netns: Option<&crate::netns::Netns>, extra: &[String]) -> Server {
         let netns = netns.map(|n| n.name.clone());
         let s = Server {
