@@ -162,3 +162,35 @@ fn logs_print_stdout_and_stderr_apart() {
     assert_eq!(stderr(&t), "err 1999\nerr 2000\n");
     assert!(s.cli(&["rm", "two"]).status.success());
 }
+
+#[test]
+fn a_container_started_again_appends_to_its_log_and_start_a_prints_the_new_run() {
+    let (_d, s) = new_server();
+    let o = s.cli(&[
+        "create",
+        "--name",
+        "again",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo run $(cat /proc/sys/kernel/random/uuid); echo err >&2; exit 3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let o = s.cli(&["start", "-a", "again"]);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert_eq!(out.lines().count(), 1, "only this run's output: {out:?}");
+        assert!(out.starts_with("run "), "{out:?}");
+        assert_eq!(stderr(&o), "err\n");
+        runs.push(out);
+    }
+    assert_ne!(runs[0], runs[1], "two runs, two ids");
+    // The log holds both runs, in order, each byte once.
+    let l = s.cli(&["logs", "again"]);
+    assert_eq!(stdout(&l), runs.concat(), "{}", stderr(&l));
+    assert_eq!(stderr(&l), "err\nerr\n");
+    assert!(s.cli(&["rm", "again"]).status.success());
+}

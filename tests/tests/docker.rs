@@ -358,3 +358,77 @@ fn rm_is_carried_out_by_a_restarted_server() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// Polls `docker logs NAME` until it holds `what`.
+fn logs_hold(d: &Docker, name: &str, what: &str) {
+    for _ in 0..600 {
+        if d.ok(&["logs", name]).contains(what) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!(
+        "{name}'s logs never held {what:?}: {:?}",
+        d.ok(&["logs", name])
+    );
+}
+
+#[test]
+fn stop_and_restart_take_their_own_signal_and_timeout() {
+    let d = Docker::start();
+    // It ignores TERM and waits up to 600 s by its own settings: a stop
+    // that used them would outlast the CLI's 300 s limit.
+    let script = "trap '' TERM; trap 'echo got INT; exit 7' INT; echo ready; \
+                  while :; do sleep 1; done";
+    let run = |name: &str| {
+        d.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--stop-timeout",
+            "600",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ]);
+        logs_hold(&d, name, "ready");
+    };
+    run("sig");
+    assert_eq!(d.ok(&["stop", "-s", "SIGINT", "sig"]).trim(), "sig");
+    assert_eq!(d.ok(&["wait", "sig"]).trim(), "7");
+    assert!(d.ok(&["logs", "sig"]).contains("got INT"));
+
+    run("deaf");
+    // A signal that does not exist is refused before anything changes.
+    let o = d.run(&["stop", "-s", "NOSUCH", "deaf"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("NOSUCH"), "{}", stderr(&o));
+    let state = |name: &str| {
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            name,
+        ])
+    };
+    assert_eq!(state("deaf").trim(), "running 0");
+    assert_eq!(d.ok(&["stop", "-t", "1", "deaf"]).trim(), "deaf");
+    assert_eq!(state("deaf").trim(), "exited 137");
+
+    // Restart: an exited one starts; a running one stops within -t first.
+    assert_eq!(d.ok(&["restart", "-t", "1", "deaf"]).trim(), "deaf");
+    assert_eq!(state("deaf").trim(), "running 0");
+    logs_hold(&d, "deaf", "ready\nready");
+    assert_eq!(d.ok(&["restart", "-t", "1", "deaf"]).trim(), "deaf");
+    assert_eq!(state("deaf").trim(), "running 0");
+    logs_hold(&d, "deaf", "ready\nready\nready");
+    assert_eq!(
+        d.ok(&["rm", "-f", "sig", "deaf"])
+            .split_whitespace()
+            .count(),
+        2
+    );
+    drop(d.server);
+}

@@ -368,6 +368,16 @@ pub struct StateRequest {
     #[schema(min_length = 1)]
     pub handle: String,
     pub target: TargetState,
+    /// With `stopped`: the signal this stop sends first, instead of the
+    /// container's stop signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)]
+    pub stop_signal: Option<i32>,
+    /// With `stopped`: how long this stop waits after the signal before it
+    /// kills, instead of the container's stop timeout (0: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 86400)]
+    pub stop_timeout_seconds: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
@@ -654,7 +664,13 @@ pub async fn change_state(
     State(s): State<ApiState>,
     JsonBody(r): JsonBody<StateRequest>,
 ) -> Result<axum::Json<HandleBody>, ApiError> {
-    let handle = s.pl.change_state(&r.handle, r.target.into())?;
+    let stop = (r.stop_signal.is_some() || r.stop_timeout_seconds.is_some()).then_some(
+        crate::portlayer::model::StopOptions {
+            signal: r.stop_signal,
+            timeout_seconds: r.stop_timeout_seconds,
+        },
+    );
+    let handle = s.pl.change_state_with(&r.handle, r.target.into(), stop)?;
     Ok(axum::Json(HandleBody { handle }))
 }
 

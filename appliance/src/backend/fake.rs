@@ -168,8 +168,12 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
-    async fn stop(&self, id: &str, signal: i32, _timeout: Duration) -> Result<(), BackendError> {
+    async fn stop(&self, id: &str, signal: i32, timeout: Duration) -> Result<(), BackendError> {
         self.record(format!("stop {id}"));
+        self.record(format!(
+            "stop {id} signal {signal} within {}s",
+            timeout.as_secs()
+        ));
         self.require_running(id)?;
         self.exit_task(id, id, 128 + signal);
         Ok(())

@@ -247,9 +247,19 @@ pub async fn run_task(
     tracing::debug!("attach before start refused ({refused}): following the log");
     start.await?;
     let _raw = RawTerminal::for_io(io);
+    // A container started again appends to its log: only this run's output
+    // (everything stored since it started) is this run's.
+    let started: Container = client
+        .get(&format!("/exec/containers/{}", encode(container)))
+        .await?;
     let query = LogQuery {
         container: container.to_string(),
         task: task.map(str::to_string),
+        since: Some(format!(
+            "{}.{:03}",
+            started.started_at.div_euclid(1000),
+            started.started_at.rem_euclid(1000)
+        )),
         ..LogQuery::default()
     };
     let mut logs = match LogFollow::open(client, &query, !io.tty, true).await {

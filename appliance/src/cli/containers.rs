@@ -163,26 +163,18 @@ pub async fn start(client: &Client, args: StartArgs) -> anyhow::Result<u8> {
 }
 
 /// Stops one container and waits until it is down. With `-t`, the grace
-/// period is the client's: the stop signal, then KILL if the task still
-/// runs after `time`; the state change then only confirms. Without, the
-/// server uses the container's own stop signal and timeout.
+/// period is this stop's (the port layer's state change carries it);
+/// without, the container's own stop timeout applies.
 async fn stop_one(client: &Client, id: &str, time: Option<u64>) -> anyhow::Result<()> {
     let c = inspect(client, id).await?;
-    if let Some(secs) = time
-        && c.state == PowerState::Running
-    {
-        let signal = if c.stop_signal > 0 { c.stop_signal } else { 15 };
-        if send_signal(client, &c.id, signal).await.is_ok() {
-            let waited =
-                tokio::time::timeout(Duration::from_secs(secs), attach::wait(client, &c.id, None))
-                    .await;
-            if waited.is_err() {
-                let _ = send_signal(client, &c.id, 9).await;
-            }
-        }
-    }
     let mut h = Handle::of(client, &c.id).await?;
-    h.state(TargetState::Stopped).await?;
+    match time {
+        Some(secs) => {
+            h.stop_within(u32::try_from(secs).unwrap_or(u32::MAX))
+                .await?
+        }
+        None => h.state(TargetState::Stopped).await?,
+    }
     h.commit().await?;
     let grace = time.unwrap_or(u64::from(c.stop_timeout_seconds));
     until_stopped(client, &c.id, Duration::from_secs(grace) + STOP_MARGIN).await

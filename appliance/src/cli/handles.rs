@@ -76,6 +76,15 @@ impl<'a> Handle<'a> {
         self.change("state", json!({ "target": target })).await
     }
 
+    /// Asks for `stopped` with this stop's own grace period.
+    pub async fn stop_within(&mut self, timeout_seconds: u32) -> anyhow::Result<()> {
+        self.change(
+            "state",
+            json!({ "target": TargetState::Stopped, "stop_timeout_seconds": timeout_seconds }),
+        )
+        .await
+    }
+
     pub async fn rename(&mut self, name: &str) -> anyhow::Result<()> {
         self.change("rename", json!({ "name": name })).await
     }

@@ -85,18 +85,23 @@ async fn commit(d: &Docker, handle: String) -> Result<CommitResult, DockerError>
 
 /// Get handle → state → commit.
 async fn change_state(d: &Docker, id: &str, target: TargetState) -> Result<(), DockerError> {
+    change_state_with(d, id, json!({ "target": target })).await
+}
+
+/// Get handle → state (`request`: the state request without its handle) →
+/// commit.
+async fn change_state_with(
+    d: &Docker,
+    id: &str,
+    mut request: serde_json::Value,
+) -> Result<(), DockerError> {
     let h: HandleBody = d
         .client
         .get(&format!("{}/handle", container_path(id)))
         .await
         .map_err(|e| DockerError::on_container(e, id))?;
-    let h: HandleBody = d
-        .client
-        .post(
-            "/exec/handles/state",
-            &json!({ "handle": h.handle, "target": target }),
-        )
-        .await?;
+    request["handle"] = h.handle.into();
+    let h: HandleBody = d.client.post("/exec/handles/state", &request).await?;
     commit(d, h.handle).await.map(drop)
 }
 
@@ -246,22 +251,49 @@ async fn auto_remove(d: Arc<Docker>, id: String) {
     }
 }
 
-/// `POST /containers/{id}/stop`: 304 if it is not running. Only the
-/// container's own stop signal and timeout apply so far.
+/// A stop's own grace period and signal, from `t` and `signal` (`docker
+/// stop -t N -s SIG`): seconds (`-1`: wait as long as the port layer lets
+/// a stop wait), and a signal name or number.
+fn stop_options(q: &Query) -> Result<(Option<u32>, Option<i32>), DockerError> {
+    let timeout = match q.get("t") {
+        None => None,
+        Some(t) => match t.parse::<i64>() {
+            Ok(-1) => Some(appliance::portlayer::validate::MAX_STOP_TIMEOUT_SECONDS),
+            Ok(n) if n >= 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            _ => {
+                return Err(DockerError::bad_request(format!(
+                    "Invalid stop timeout {t:?}: seconds, or -1 to wait without a limit"
+                )));
+            }
+        },
+    };
+    let signal = match q.get("signal") {
+        None => None,
+        Some(s) => Some(
+            crate::cli::signals::parse(s).map_err(|e| DockerError::bad_request(e.to_string()))?,
+        ),
+    };
+    Ok((timeout, signal))
+}
+
+/// `POST /containers/{id}/stop?t=&signal=`: 304 if it is not running.
 pub async fn stop(d: &Docker, id: &str, q: &Query) -> Reply {
-    if q.get("t").is_some() || q.get("signal").is_some() {
-        return Err(DockerError::bad_request(
-            "stop with -t or -s is not supported by this appliance yet: \
-             the container's --stop-timeout and --stop-signal apply",
-        ));
-    }
+    let (timeout, signal) = stop_options(q)?;
     let c = get(d, id).await?;
     if !matches!(c.state, PowerState::Running | PowerState::Paused) {
         return empty(StatusCode::NOT_MODIFIED);
     }
-    change_state(d, &c.id, TargetState::Stopped).await?;
+    let mut request = json!({ "target": TargetState::Stopped });
+    if let Some(t) = timeout {
+        request["stop_timeout_seconds"] = t.into();
+    }
+    if let Some(s) = signal {
+        request["stop_signal"] = s.into();
+    }
+    change_state_with(d, &c.id, request).await?;
     // Docker answers once it has stopped: the commit may return before.
-    let bound = Duration::from_secs(u64::from(c.stop_timeout_seconds.max(10)) + 30);
+    let grace = timeout.unwrap_or(c.stop_timeout_seconds);
+    let bound = Duration::from_secs(u64::from(grace.max(10)) + 30);
     if tokio::time::timeout(bound, exit_code(d, &c.id))
         .await
         .is_err()
@@ -276,6 +308,7 @@ pub async fn stop(d: &Docker, id: &str, q: &Query) -> Reply {
 
 /// `POST /containers/{id}/restart`: stop (if running), then start.
 pub async fn restart(d: &Arc<Docker>, id: &str, q: &Query) -> Reply {
+    stop_options(q)?;
     let c = get(d, id).await?;
     if matches!(c.state, PowerState::Running | PowerState::Paused) {
         stop(d, &c.id, q).await?;

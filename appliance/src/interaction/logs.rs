@@ -10,6 +10,12 @@
 //!
 //! Record: `u64 time (unix ns, LE) | u8 stream (1 stdout, 2 stderr) | u32 len (LE) | len bytes`.
 //!
+//! A container started again appends its new run to the same log, as
+//! `docker logs` shows every run. The tether counts each run's output from
+//! zero, so `<task>.base` holds the log's ends when the current run began
+//! (`start_run`): the offsets acknowledged and resumed from are the run's,
+//! the log's own minus the base.
+//!
 //! Beside the log, `<task>.exit` holds the session's exit code (decimal)
 //! once the host has it on disk: only then is the exit status acknowledged
 //! to the tether, and an appliance restarted after the VM is gone still
@@ -58,6 +64,8 @@ pub struct LogWriter {
     path: PathBuf,
     file: File,
     ends: Ends,
+    /// The log's ends when the current run began (`start_run`).
+    base: Ends,
 }
 
 fn read_record<R: Read>(r: &mut R) -> io::Result<Option<Record>> {
@@ -124,15 +132,30 @@ impl LogWriter {
         if file.metadata().map_err(err)?.len() != good {
             file.set_len(good).map_err(err)?;
         }
+        let base = std::fs::read_to_string(base_path(path))
+            .ok()
+            .and_then(|s| {
+                let (o, e) = s.trim().split_once(' ')?;
+                Some(Ends {
+                    stdout: o.parse().ok()?,
+                    stderr: e.parse().ok()?,
+                })
+            })
+            .unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
             file,
             ends,
+            base,
         })
     }
 
+    /// The current run's ends: what the tether has had stored.
     pub fn ends(&self) -> Ends {
-        self.ends
+        Ends {
+            stdout: self.ends.stdout.saturating_sub(self.base.stdout),
+            stderr: self.ends.stderr.saturating_sub(self.base.stderr),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -178,9 +201,50 @@ impl LogWriter {
         Ok(Syncer {
             file: self.file.try_clone().map_err(err)?,
             path: self.path.clone(),
-            ends: self.ends,
+            ends: self.ends(),
         })
     }
+}
+
+/// The file beside the log `log` that holds where its current run began.
+pub fn base_path(log: &Path) -> PathBuf {
+    log.with_extension("base")
+}
+
+/// Begins a new run of the log's session: what follows is counted from
+/// zero, after what the log holds. Blocks on the disk.
+pub fn start_run(log: &Path) -> Result<(), LogError> {
+    let total = {
+        let w = LogWriter::open(log)?;
+        w.ends
+    };
+    let path = base_path(log);
+    write_durably(
+        &path,
+        format!("{} {}\n", total.stdout, total.stderr).as_bytes(),
+    )?;
+    let _ = std::fs::remove_file(exit_path(log));
+    Ok(())
+}
+
+/// Writes `path` whole or not at all: a temporary file, synced, renamed
+/// into place, the directory synced.
+fn write_durably(path: &Path, data: &[u8]) -> Result<(), LogError> {
+    let err = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp).map_err(err)?;
+        f.write_all(data).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// The file beside the log `log` that holds its session's exit code.
@@ -192,22 +256,7 @@ pub fn exit_path(log: &Path) -> PathBuf {
 /// temporary file, synced, renamed into place, the directory synced.
 /// Blocks on the disk.
 pub fn store_exit(log: &Path, code: i32) -> Result<(), LogError> {
-    let path = exit_path(log);
-    let err = |source| LogError::Io {
-        path: path.clone(),
-        source,
-    };
-    let tmp = log.with_extension("exit.tmp");
-    {
-        let mut f = File::create(&tmp).map_err(err)?;
-        f.write_all(format!("{code}\n").as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
-    }
-    std::fs::rename(&tmp, &path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    }
-    Ok(())
+    write_durably(&exit_path(log), format!("{code}\n").as_bytes())
 }
 
 /// The exit code stored for the log's session, if any.
@@ -649,6 +698,47 @@ fn tail_of<R: Read + Seek>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_run_appends_and_counts_its_offsets_from_zero() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.log");
+        let mut w = LogWriter::open(&p).unwrap();
+        w.append(Stream::Stdout, 1, b"first run\n").unwrap();
+        w.append(Stream::Stderr, 2, b"err\n").unwrap();
+        w.sync().unwrap();
+        drop(w);
+        store_exit(&p, 3).unwrap();
+        start_run(&p).unwrap();
+        assert_eq!(stored_exit(&p), None, "the new run has no exit yet");
+        // The tether's offsets of the new run start at zero...
+        let mut w = LogWriter::open(&p).unwrap();
+        assert_eq!(w.ends(), Ends::default());
+        w.append(Stream::Stdout, 3, b"second\n").unwrap();
+        assert_eq!(
+            w.sync().unwrap(),
+            Ends {
+                stdout: 7,
+                stderr: 0
+            }
+        );
+        drop(w);
+        // ...and resume there after a restart of the appliance.
+        assert_eq!(
+            LogWriter::open(&p).unwrap().ends(),
+            Ends {
+                stdout: 7,
+                stderr: 0
+            }
+        );
+        // Readers see every run.
+        let all: Vec<u8> = read(&p, &ReadOptions::default())
+            .unwrap()
+            .into_iter()
+            .flat_map(|r| r.data)
+            .collect();
+        assert_eq!(all, b"first run\nerr\nsecond\n");
+    }
 
     #[test]
     fn ends_survive_reopen_and_a_torn_tail_is_cut() {

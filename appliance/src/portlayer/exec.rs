@@ -319,7 +319,7 @@ fn apply_image_config(spec: &mut CreateSpec, img: &crate::storage::model::ImageC
 /// A side effect a commit performs after its new state is stored.
 enum Action {
     Start,
-    Stop,
+    Stop(StopOptions),
     Pause,
     Resume,
     Exec(Task),
@@ -687,7 +687,42 @@ impl PortLayer {
     }
 
     pub fn change_state(&self, h: &str, target: TargetState) -> Result<String, PortError> {
-        self.push(h, Change::State { target })
+        self.change_state_with(h, target, None)
+    }
+
+    /// As [`Self::change_state`], with a stop's own signal and grace period
+    /// (only for `stopped`).
+    pub fn change_state_with(
+        &self,
+        h: &str,
+        target: TargetState,
+        stop: Option<StopOptions>,
+    ) -> Result<String, PortError> {
+        if let Some(o) = &stop {
+            if target != TargetState::Stopped {
+                return Err(PortError::invalid(
+                    "stop_signal",
+                    format!(
+                        "A stop signal or timeout goes only with the target stopped, not {target:?}"
+                    ),
+                ));
+            }
+            if let Some(sig) = o.signal {
+                validate::signal("stop_signal", sig)?;
+            }
+            if let Some(t) = o.timeout_seconds
+                && t > validate::MAX_STOP_TIMEOUT_SECONDS
+            {
+                return Err(PortError::invalid(
+                    "stop_timeout_seconds",
+                    format!(
+                        "The stop timeout is {t} s; at most {} s",
+                        validate::MAX_STOP_TIMEOUT_SECONDS
+                    ),
+                ));
+            }
+        }
+        self.push(h, Change::State { target, stop })
     }
 
     pub fn rename(&self, h: &str, name: &str) -> Result<String, PortError> {
@@ -1119,7 +1154,7 @@ impl PortLayer {
                     }
                 }
             }
-            Change::State { target } => {
+            Change::State { target, stop } => {
                 let el = id.clone();
                 use PowerState as P;
                 use TargetState as T;
@@ -1201,7 +1236,7 @@ impl PortLayer {
                         if c.state == P::Paused {
                             actions.push(Action::Resume);
                         }
-                        actions.push(Action::Stop);
+                        actions.push(Action::Stop(stop.unwrap_or_default()));
                         results.insert(el, ok("Stopping"));
                     }
                     (P::Exited, T::Created) => {
@@ -1257,7 +1292,7 @@ impl PortLayer {
         };
         let (kind, el) = match &a {
             Action::Start => ("start", id.to_string()),
-            Action::Stop => ("stop", id.to_string()),
+            Action::Stop(_) => ("stop", id.to_string()),
             Action::Pause => ("pause", id.to_string()),
             Action::Resume => ("resume", id.to_string()),
             Action::Exec(t) => ("exec", task_element(id, &t.id)),
@@ -1268,7 +1303,13 @@ impl PortLayer {
         let work = async {
             match a {
                 Action::Start => self.backend.start(&c).await,
-                Action::Stop => self.backend.stop(id, c.stop_signal, timeout).await,
+                Action::Stop(o) => {
+                    let timeout = o
+                        .timeout_seconds
+                        .map_or(timeout, |t| Duration::from_secs(u64::from(t)));
+                    let signal = o.signal.unwrap_or(c.stop_signal);
+                    self.backend.stop(id, signal, timeout).await
+                }
                 Action::Pause => self.backend.pause(id).await,
                 Action::Resume => self.backend.resume(id).await,
                 Action::Exec(t) => self.backend.exec(id, &t).await,
@@ -1900,6 +1941,72 @@ mod tests {
         let r = pl.commit(&h).await.unwrap();
         assert_eq!(r.results[&id].status, Status::Success);
         id
+    }
+
+    #[tokio::test]
+    async fn a_stop_may_carry_its_own_signal_and_grace_period() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let fake = Arc::new(FakeBackend::default());
+        let pl = layer(store, fake.clone());
+        let calls = |fake: &FakeBackend| fake.calls.lock().unwrap().clone();
+        // The container's own: SIGTERM within 10 s.
+        let id = running(&pl, "a").await;
+        pl.commit(
+            &pl.change_state(&pl.get_handle(&id).unwrap(), TargetState::Stopped)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(calls(&fake).contains(&format!("stop {id} signal 15 within 10s")));
+        // This stop's: SIGINT, at once.
+        let id = running(&pl, "b").await;
+        let stop = StopOptions {
+            signal: Some(2),
+            timeout_seconds: Some(0),
+        };
+        let h = pl
+            .change_state_with(
+                &pl.get_handle(&id).unwrap(),
+                TargetState::Stopped,
+                Some(stop),
+            )
+            .unwrap();
+        pl.commit(&h).await.unwrap();
+        assert!(calls(&fake).contains(&format!("stop {id} signal 2 within 0s")));
+        assert_eq!(pl.wait(&id, None).await.unwrap(), Some(128 + 2));
+        // Only with `stopped`, a real signal, a bounded wait; each names its field.
+        let id = running(&pl, "c").await;
+        let h = pl.get_handle(&id).unwrap();
+        for (target, o, field) in [
+            (
+                TargetState::Paused,
+                StopOptions {
+                    signal: Some(2),
+                    timeout_seconds: None,
+                },
+                "stop_signal",
+            ),
+            (
+                TargetState::Stopped,
+                StopOptions {
+                    signal: Some(65),
+                    timeout_seconds: None,
+                },
+                "stop_signal",
+            ),
+            (
+                TargetState::Stopped,
+                StopOptions {
+                    signal: None,
+                    timeout_seconds: Some(validate::MAX_STOP_TIMEOUT_SECONDS + 1),
+                },
+                "stop_timeout_seconds",
+            ),
+        ] {
+            let e = pl.change_state_with(&h, target, Some(o)).unwrap_err();
+            assert_eq!(e.element(), field, "{e}");
+        }
+        assert_eq!(pl.inspect(&id).unwrap().state, PowerState::Running);
     }
 
     #[tokio::test]

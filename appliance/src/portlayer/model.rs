@@ -91,6 +91,15 @@ pub enum TargetState {
     Paused,
 }
 
+/// One stop's own signal and grace period (`docker stop -s SIG -t N`);
+/// what is not given comes from the container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StopOptions {
+    pub signal: Option<i32>,
+    pub timeout_seconds: Option<u32>,
+}
+
 /// A volume joined to a container, mounted at `path` in it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -291,6 +300,10 @@ pub enum Change {
     },
     State {
         target: TargetState,
+        /// For `stopped`: this stop's signal and grace period instead of
+        /// the container's own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop: Option<StopOptions>,
     },
     Rename {
         name: String,

@@ -63,6 +63,8 @@ pub const MEMORY_MIB_MIN: u32 = 64;
 pub const MEMORY_MIB_MAX: u32 = 1 << 20;
 /// A container VM's virtual CPUs.
 pub const CPUS_MAX: u32 = 128;
+/// The longest grace period a single stop may ask for (a day).
+pub const MAX_STOP_TIMEOUT_SECONDS: u32 = 86_400;
 /// Linux signal numbers, real-time ones included.
 pub const SIGNAL_MAX: i32 = 64;
 /// The longest store path (PATH_MAX).

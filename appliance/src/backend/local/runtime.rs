@@ -706,18 +706,21 @@ impl Backend for LocalBackend {
             .ok_or_else(|| BackendError::failed(&c.id, "No primary task"))?;
         let dir = self.dir(&c.id);
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| BackendError::failed(&c.id, e))?;
-        // A restarted container starts its logs afresh; the old run's logs
-        // are kept beside them.
-        for t in c.tasks.keys() {
-            let p = self.log_file(&c.id, t);
-            if p.exists() {
-                let _ = std::fs::rename(
-                    &p,
-                    p.with_extension(format!("log.{}", crate::store::now_ms())),
-                );
-            }
-            // The old run's exit code is in the store; this run has none yet.
-            let _ = std::fs::remove_file(logs::exit_path(&p));
+        // A restarted container appends its new run to its logs (the old
+        // run's exit code is in the store; this run has none yet).
+        let restarted: Vec<PathBuf> = c
+            .tasks
+            .keys()
+            .map(|t| self.log_file(&c.id, t))
+            .filter(|p| p.exists())
+            .collect();
+        if !restarted.is_empty() {
+            tokio::task::spawn_blocking(move || {
+                restarted.iter().try_for_each(|p| logs::start_run(p))
+            })
+            .await
+            .map_err(|e| BackendError::failed(&c.id, e))?
+            .map_err(|e| BackendError::failed(&c.id, e))?;
         }
         let mut opts = VmOptions::new(&c.id, self.artifacts.clone(), base, dir.clone(), primary);
         opts.linger_seconds = linger_seconds(self.linger);
