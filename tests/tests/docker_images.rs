@@ -131,6 +131,12 @@ fn pull_run_tag_and_rmi_through_a_registry() {
         ),
     );
     assert_eq!(images(&d), [format!("{bb} {id}")]);
+    fails_with(
+        &d,
+        &["rmi", "-f", &bb],
+        &format!("image is being used by stopped container {c12}; remove the container first"),
+    );
+    assert_eq!(images(&d), [format!("{bb} {id}")]);
     d.ok(&["rm", "user"]);
     let out = d.ok(&["rmi", &bb]);
     assert!(out.contains(&format!("Untagged: {bb}")), "{out}");
@@ -228,6 +234,36 @@ fn save_then_load_round_trips_and_lists_filter() {
         stdout(&l)
     );
 
+    // History: one entry per layer, the top one with the image's id.
+    let h = d.ok(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.ID}} {{.CreatedBy}}",
+        "two:v1",
+    ]);
+    assert_eq!(h.lines().count(), 1, "{h}");
+    assert!(h.starts_with(&format!("sha256:{id}")), "{h}");
+    assert!(h.contains(" layer sha256:"), "{h}");
+    fails_with(&d, &["history", "nosuch"], "No such image: nosuch");
+
+    // By id with two names: must be forced; forced, both go.
+    d.ok(&["tag", "two:v1", "three:v1"]);
+    fails_with(
+        &d,
+        &["rmi", &id],
+        &format!(
+            "conflict: unable to delete {id} (must be forced) - image is referenced in multiple repositories"
+        ),
+    );
+    assert_eq!(images(&d).len(), 3);
+    let out = d.ok(&["rmi", "-f", &id]);
+    assert!(out.contains("Untagged: three:v1"), "{out}");
+    assert!(out.contains("Untagged: two:v1"), "{out}");
+    assert!(out.contains("Untagged: busybox:latest"), "{out}");
+    assert!(out.contains(&format!("Deleted: sha256:{id}")), "{out}");
+    assert_eq!(images(&d), Vec::<String>::new());
+
     // A bad archive: a clear error, nothing loaded.
     let bad = d.run_with_stdin(&["load"], Some(b"this is not a tar archive at all"));
     assert_ne!(bad.status.code(), Some(0));
@@ -236,5 +272,5 @@ fn save_then_load_round_trips_and_lists_filter() {
         "{}",
         stderr(&bad)
     );
-    assert_eq!(images(&d).len(), 2);
+    assert_eq!(images(&d), Vec::<String>::new());
 }

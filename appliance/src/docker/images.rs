@@ -483,6 +483,13 @@ pub async fn remove(d: &Docker, name: &str, q: &Query) -> Reply {
     let users = users(d, &img.id).await?;
     if let Some(c) = users.first() {
         let message = match (&by_name, running(c)) {
+            // dockerd would leave the image dangling; the port layer keeps
+            // an image a container uses whole, names and all.
+            _ if force && !running(c) => format!(
+                "conflict: unable to delete {} (cannot be forced on this appliance) - image is being used by stopped container {}; remove the container first",
+                short_id(&img.id),
+                short_id(&c.id)
+            ),
             (_, true) => format!(
                 "conflict: unable to delete {} (cannot be forced) - image is being used by running container {}",
                 short_id(&img.id),
