@@ -874,6 +874,74 @@ mod tests {
     /// An upload that is not an image archive is the client's fault: a 400
     /// naming the archive, not a 502 as if a registry had failed.
     #[tokio::test]
+    async fn an_export_is_an_archive_import_reads_and_names_are_checked_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::with_storage(dir.path());
+        let layout = crate::storage::busybox::layout_tar().unwrap();
+        let import = |body: Vec<u8>| {
+            Request::builder()
+                .method("POST")
+                .uri("/storage/images/import?tag=bb:v1")
+                .header("content-type", "application/x-tar")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let resp = h.send(import(layout)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+
+        for (images, status, element) in [
+            (json!([]), StatusCode::BAD_REQUEST, "images"),
+            (json!(["bb:v1", "nosuch"]), StatusCode::NOT_FOUND, "nosuch"),
+        ] {
+            let (s, e) = h
+                .call(
+                    "POST",
+                    "/storage/images/export",
+                    Some(json!({ "images": images })),
+                )
+                .await;
+            assert_eq!(s, status, "{e}");
+            assert!(e["element"].as_str().unwrap().contains(element), "{e}");
+        }
+
+        let req = Request::builder()
+            .method("POST")
+            .uri("/storage/images/export")
+            .header("content-type", "application/json")
+            .body(Body::from(json!({ "images": ["bb:v1"] }).to_string()))
+            .unwrap();
+        let resp = h.send(req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/x-tar");
+        let tar = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        let mut members = Vec::new();
+        for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+            members.push(e.unwrap().path().unwrap().display().to_string());
+        }
+        for m in ["oci-layout", "index.json", "manifest.json"] {
+            assert!(members.contains(&m.to_string()), "{m}: {members:?}");
+        }
+        // Read back by import: the same image, under its name.
+        let resp = h.send(import(tar)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let images: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            images[0]["names"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("docker.io/library/bb:v1")),
+            "{images}"
+        );
+    }
+
+    #[tokio::test]
     async fn importing_what_is_not_an_image_archive_is_400() {
         let dir = tempfile::tempdir().unwrap();
         let h = Harness::with_storage(dir.path());
