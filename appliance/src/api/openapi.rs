@@ -57,6 +57,7 @@ free address), `INTERNAL` (500)."
         storage::tag,
         storage::pull,
         storage::import,
+        storage::export,
         storage::image_stores,
         storage::add_image_store,
         storage::volume_stores,

@@ -37,6 +37,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/storage/images/pull", post(pull))
         .route("/storage/images/import", post(import))
         .route("/storage/images/tag", post(tag))
+        .route("/storage/images/export", post(export))
         .route(
             "/storage/images/{*image}",
             get(inspect_image).delete(remove_image),
@@ -321,6 +322,86 @@ where
         chunk?;
     }
     Ok(())
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// The images: ids, id prefixes or references. One named by a
+    /// reference is named so in the archive; one named by id is unnamed.
+    #[schema(example = json!(["busybox"]), min_items = 1)]
+    pub images: Vec<String>,
+}
+
+/// Exports images as one tar (streamed): an OCI image layout with `docker
+/// save`'s `manifest.json` (`RepoTags`) beside it, made of the images'
+/// stored blobs, which `docker load` and `/storage/images/import` read.
+/// Everything is checked before the first byte; a failure after it ends
+/// the stream early.
+#[utoipa::path(
+    post, path = "/storage/images/export", tag = "storage", operation_id = "storage_export",
+    request_body = ExportRequest,
+    responses(
+        (status = 200, description = "The archive", body = super::openapi::Tar, content_type = "application/x-tar"),
+        (status = 400, description = "No image named, or an image without its blobs (one not pulled or imported): INVALID_ARGUMENT naming it", body = ErrorBody),
+        (status = 404, description = "No such image (NOT_FOUND)", body = ErrorBody),
+    )
+)]
+pub async fn export(
+    State(s): State<ApiState>,
+    JsonBody(r): JsonBody<ExportRequest>,
+) -> Result<Response, ApiError> {
+    let st = storage(&s)?;
+    let plan = {
+        let st = st.clone();
+        blocking(move || st.export_plan(&r.images)).await?
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        if let Err(e) = st.export(&plan, &mut w) {
+            tracing::warn!("export: {e}");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    Ok((
+        [(CONTENT_TYPE, "application/x-tar")],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+/// How much of an export is sent at once.
+const CHUNK: usize = 256 * 1024;
+
+/// A blocking writer whose bytes go, chunk by chunk, to a response body;
+/// fails once the client has gone.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "The client left"))
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
@@ -792,6 +873,74 @@ mod tests {
 
     /// An upload that is not an image archive is the client's fault: a 400
     /// naming the archive, not a 502 as if a registry had failed.
+    #[tokio::test]
+    async fn an_export_is_an_archive_import_reads_and_names_are_checked_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::with_storage(dir.path());
+        let layout = crate::storage::busybox::layout_tar().unwrap();
+        let import = |body: Vec<u8>| {
+            Request::builder()
+                .method("POST")
+                .uri("/storage/images/import?tag=bb:v1")
+                .header("content-type", "application/x-tar")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let resp = h.send(import(layout)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+
+        for (images, status, element) in [
+            (json!([]), StatusCode::BAD_REQUEST, "images"),
+            (json!(["bb:v1", "nosuch"]), StatusCode::NOT_FOUND, "nosuch"),
+        ] {
+            let (s, e) = h
+                .call(
+                    "POST",
+                    "/storage/images/export",
+                    Some(json!({ "images": images })),
+                )
+                .await;
+            assert_eq!(s, status, "{e}");
+            assert!(e["element"].as_str().unwrap().contains(element), "{e}");
+        }
+
+        let req = Request::builder()
+            .method("POST")
+            .uri("/storage/images/export")
+            .header("content-type", "application/json")
+            .body(Body::from(json!({ "images": ["bb:v1"] }).to_string()))
+            .unwrap();
+        let resp = h.send(req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/x-tar");
+        let tar = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        let mut members = Vec::new();
+        for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+            members.push(e.unwrap().path().unwrap().display().to_string());
+        }
+        for m in ["oci-layout", "index.json", "manifest.json"] {
+            assert!(members.contains(&m.to_string()), "{m}: {members:?}");
+        }
+        // Read back by import: the same image, under its name.
+        let resp = h.send(import(tar)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let images: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            images[0]["names"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("docker.io/library/bb:v1")),
+            "{images}"
+        );
+    }
+
     #[tokio::test]
     async fn importing_what_is_not_an_image_archive_is_400() {
         let dir = tempfile::tempdir().unwrap();

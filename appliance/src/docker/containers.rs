@@ -431,7 +431,7 @@ pub async fn remove(d: &Docker, id: &str, q: &Query) -> Reply {
 
 /// Docker's `filters` (`{"label":{"a=b":true}}`, or the older
 /// `{"label":["a=b"]}`): each key's values.
-fn docker_filters(json: &str) -> Result<Vec<(String, Vec<String>)>, DockerError> {
+pub(super) fn docker_filters(json: &str) -> Result<Vec<(String, Vec<String>)>, DockerError> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Values {

@@ -185,6 +185,7 @@ impl Query {
     }
 
     /// Refuses a `filters` this personality would otherwise ignore.
+    #[allow(dead_code)] // For listings that do not filter yet.
     fn no_filters(&self) -> Result<(), DockerError> {
         match self.get("filters") {
             None | Some("{}") => Ok(()),
@@ -267,6 +268,21 @@ async fn route(d: &Arc<Docker>, path: &str, q: Query, req: Request) -> Reply {
         (&Method::GET, ["exec", id, "json"]) => exec::inspect(d, id).await,
         (&Method::POST, ["exec", id, "resize"]) => exec::resize(d, id, &q).await,
         (&Method::GET, ["images", "json"]) => images::list(d, &q).await,
+        (&Method::POST, ["images", "create"]) => images::create(d, &q).await,
+        (&Method::POST, ["images", "load"]) => images::load(d, req).await,
+        (&Method::GET, ["images", "get"]) => images::save(d, images::save_names(req.uri())?).await,
+        (&Method::GET, ["images", name @ .., "get"]) if !name.is_empty() => {
+            images::save(d, vec![name.join("/")]).await
+        }
+        (&Method::GET, ["images", name @ .., "history"]) if !name.is_empty() => {
+            images::history(d, &name.join("/")).await
+        }
+        (&Method::POST, ["images", name @ .., "tag"]) if !name.is_empty() => {
+            images::tag(d, &name.join("/"), &q).await
+        }
+        (&Method::DELETE, ["images", name @ ..]) if !name.is_empty() => {
+            images::remove(d, &name.join("/"), &q).await
+        }
         (&Method::GET, ["images", name @ .., "json"]) if !name.is_empty() => {
             images::inspect(d, &name.join("/")).await
         }

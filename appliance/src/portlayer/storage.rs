@@ -651,6 +651,70 @@ impl Storage {
         self.image(&img.id)
     }
 
+    /// What exporting the images `queries` name would write, checked before
+    /// a byte is: each must exist and have all its blobs (an image with
+    /// none, e.g. one made locally, cannot be exported). An image named by
+    /// one of its names goes under that name, one named by id under none;
+    /// an image named twice goes once, with both names.
+    pub fn export_plan(&self, queries: &[String]) -> Result<Vec<oci::ExportImage>, StorageError> {
+        if queries.is_empty() {
+            return Err(StorageError::invalid("images", "Name at least one image"));
+        }
+        let mut out: Vec<oci::ExportImage> = Vec::new();
+        for q in queries {
+            let img = self.image(q)?;
+            let name = oci::normalize_reference(q)
+                .ok()
+                .filter(|n| img.names.contains(n));
+            if let Some(e) = out.iter_mut().find(|e| e.config_digest == img.id) {
+                if let Some(n) = name
+                    && !e.names.contains(&n)
+                {
+                    e.names.push(n);
+                }
+                continue;
+            }
+            let dir = self.store_dir(StoreKind::Image, &img.store)?;
+            let e = oci::ExportImage {
+                blobs: self.blobs(&dir)?,
+                manifest_digest: img.manifest_digest.clone(),
+                config_digest: img.id.clone(),
+                layers: img.layers.iter().map(|l| l.digest.clone()).collect(),
+                names: name.into_iter().collect(),
+            };
+            if img.manifest_digest.is_empty() {
+                return Err(StorageError::invalid(
+                    q,
+                    "The image has no manifest (it was not pulled or imported), so it cannot be exported",
+                ));
+            }
+            if let Some(d) = e.missing_blob() {
+                return Err(StorageError::invalid(
+                    q,
+                    format!(
+                        "The image's blob {d} is not in store {}, so it cannot be exported",
+                        img.store
+                    ),
+                ));
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Writes the images of `plan` (see [`Storage::export_plan`]) as one
+    /// archive: an OCI image layout with `docker save`'s manifest.json.
+    pub fn export(
+        &self,
+        plan: &[oci::ExportImage],
+        w: impl std::io::Write,
+    ) -> Result<(), StorageError> {
+        oci::export(plan, w).map_err(|source| StorageError::Fetch {
+            reference: "export".into(),
+            source: Box::new(source),
+        })
+    }
+
     /// Removes what `query` names, as `rmi` does: a name of an image that
     /// has others is only untagged; otherwise the image goes (refused while
     /// a container uses it), with its disk and the blobs no other image in

@@ -1,5 +1,5 @@
 //! OCI images in: pulling from registries and importing archives, into a
-//! content-addressed blob store.
+//! content-addressed blob store; and out again, as an archive (`export`).
 //!
 //! Owns the blob store (`<root>/sha256/<hex>`), the wire formats (manifests,
 //! indexes, image configs, `docker save` archives, OCI image layouts), image
@@ -11,6 +11,7 @@
 //! the [`FetchedImage`]s returned here.
 
 mod blobs;
+mod export;
 mod format;
 mod import;
 mod pull;
@@ -19,6 +20,7 @@ mod reference;
 use std::path::PathBuf;
 
 pub use blobs::{AsyncBlobWriter, BlobStore, BlobWriter, is_valid_digest};
+pub use export::{ExportImage, export};
 pub use format::{FetchedImage, ImageConfig, LayerRef, media_type};
 pub use import::{import, import_reader};
 pub use pull::{Progress, PullOptions, pull};
