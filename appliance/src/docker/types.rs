@@ -44,6 +44,8 @@ pub struct HostConfig {
     pub auto_remove: bool,
     pub binds: Option<Vec<String>>,
     pub mounts: Option<Vec<serde_json::Value>>,
+    /// `--tmpfs PATH[:opts]`.
+    pub tmpfs: Option<BTreeMap<String, String>>,
     pub port_bindings: Option<BTreeMap<String, serde_json::Value>>,
     pub publish_all_ports: bool,
     pub network_mode: String,

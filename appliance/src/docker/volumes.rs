@@ -275,7 +275,7 @@ pub async fn inspect(d: &Docker, name: &str) -> Reply {
     json(StatusCode::OK, &DockerVolume::new(&v, &stores(d).await))
 }
 
-/// The container ids in a volume's `used_by` ("name (id)").
+/// The container ids in a volume's `used_by` ("name (short id)").
 fn users(v: &Volume) -> Vec<String> {
     v.used_by
         .iter()
@@ -299,7 +299,15 @@ pub async fn remove(d: &Docker, name: &str, q: &Query) -> Reply {
             }
         }
         Err(ClientError::Api(a)) if a.status == 409 => {
-            let ids = get(d, name).await.map(|v| users(&v)).unwrap_or_default();
+            let short = get(d, name).await.map(|v| users(&v)).unwrap_or_default();
+            // Docker names them by full id.
+            let mut ids = Vec::new();
+            for s in short {
+                match super::containers::get(d, &s).await {
+                    Ok(c) => ids.push(c.id),
+                    Err(_) => ids.push(s),
+                }
+            }
             Err(DockerError::conflict(format!(
                 "remove {name}: volume is in use - [{}]",
                 ids.join(" ")
@@ -380,6 +388,13 @@ fn host_bind_refusal(what: &str) -> DockerError {
     ))
 }
 
+fn tmpfs_refusal(path: &str) -> DockerError {
+    DockerError::bad_request(format!(
+        "Invalid mount {path:?}: tmpfs mounts are not supported by this appliance yet; \
+         use a volume"
+    ))
+}
+
 fn check_target(what: &str, path: &str) -> Result<(), DockerError> {
     if !path.starts_with('/') || path == "/" || path.split('/').any(|p| p == "..") {
         return Err(DockerError::bad_request(format!(
@@ -439,13 +454,7 @@ fn parse_mount(m: &serde_json::Value) -> Result<Wanted, DockerError> {
     match dm.kind.as_str() {
         "volume" => {}
         "bind" => return Err(host_bind_refusal(&format!("{}:{}", dm.source, dm.target))),
-        "tmpfs" => {
-            return Err(DockerError::bad_request(format!(
-                "Invalid mount {:?}: tmpfs mounts are not supported by this appliance yet; \
-                 use a volume",
-                dm.target
-            )));
-        }
+        "tmpfs" => return Err(tmpfs_refusal(&dm.target)),
         other => {
             return Err(DockerError::bad_request(format!(
                 "Invalid mount {what}: type {other:?} is not supported (volume is)"
@@ -474,6 +483,9 @@ fn parse_mount(m: &serde_json::Value) -> Result<Wanted, DockerError> {
 /// for each `Config.Volumes` path not covered. Two on one path are
 /// refused.
 fn wanted(r: &CreateRequest) -> Result<Vec<Wanted>, DockerError> {
+    if let Some(path) = r.host_config.tmpfs.iter().flat_map(BTreeMap::keys).next() {
+        return Err(tmpfs_refusal(path));
+    }
     let mut out = Vec::new();
     for b in r.host_config.binds.iter().flatten() {
         out.push(parse_bind(b)?);
@@ -706,6 +718,14 @@ mod tests {
             serde_json::from_str(r#"{"HostConfig":{"Binds":["a:/x","b:/x"]}}"#).expect("parses");
         let e = wanted(&r).expect_err("duplicate");
         assert_eq!(e.message(), "Duplicate mount point: /x");
+        let r: CreateRequest =
+            serde_json::from_str(r#"{"HostConfig":{"Tmpfs":{"/t":""}}}"#).expect("parses");
+        assert!(
+            wanted(&r)
+                .expect_err("tmpfs")
+                .message()
+                .contains("\"/t\": tmpfs")
+        );
     }
 
     #[test]
