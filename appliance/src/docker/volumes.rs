@@ -382,8 +382,8 @@ struct DriverConfig {
 
 fn host_bind_refusal(what: &str) -> DockerError {
     DockerError::bad_request(format!(
-        "Invalid mount {what:?}: a host directory cannot be mounted into a container VM; \
-         use a named volume (-v NAME:/path, `docker volume create NAME`) and copy files \
+        "Invalid mount {what:?}: host directories are not supported: a host directory \
+         cannot be mounted into a container VM; use a named volume (-v NAME:/path, `docker volume create NAME`) and copy files \
          into it with `docker cp`"
     ))
 }
