@@ -130,6 +130,7 @@ pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
     if r.host_config.auto_remove {
         labels.insert(AUTO_REMOVE.into(), "true".into());
     }
+    let (mounts, anonymous) = super::volumes::mounts_for_create(d, &r, &mut labels).await?;
     let spec = CreateSpec {
         name: name.to_string(),
         image: r.image.clone(),
@@ -157,12 +158,28 @@ pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
             open_stdin: r.open_stdin,
         },
         entrypoint: r.entrypoint.clone(),
-        mounts: vec![],
+        mounts,
     };
-    let created: Created = match d.client.post("/exec/containers", &spec).await {
+    let created = create_and_commit(d, &spec, &r.image, name).await;
+    if created.is_err() {
+        super::volumes::remove_volumes(d, &anonymous).await;
+    }
+    json(StatusCode::CREATED, &created?)
+}
+
+/// Creates the container and commits it; Docker's words for a missing
+/// image and a name that is taken.
+async fn create_and_commit(
+    d: &Docker,
+    spec: &CreateSpec,
+    image: &str,
+    name: &str,
+) -> Result<CreateResponse, DockerError> {
+    let r_image = image;
+    let created: Created = match d.client.post("/exec/containers", spec).await {
         Ok(c) => c,
         Err(ClientError::Api(a)) if a.status == 404 => {
-            return Err(DockerError::NoSuchImage(r.image.clone()));
+            return Err(DockerError::NoSuchImage(r_image.to_string()));
         }
         Err(ClientError::Api(a)) if a.status == 409 => return Err(name_conflict(d, name).await),
         Err(e) => return Err(e.into()),
@@ -174,13 +191,10 @@ pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
         }
         Err(e) => return Err(e),
     }
-    json(
-        StatusCode::CREATED,
-        &CreateResponse {
-            id: created.id,
-            warnings: vec![],
-        },
-    )
+    Ok(CreateResponse {
+        id: created.id,
+        warnings: vec![],
+    })
 }
 
 /// Docker's words for a name that is taken.
@@ -244,8 +258,14 @@ async fn auto_remove(d: Arc<Docker>, id: String) {
     }
     d.attachments.drained(&id, DRAIN_WAIT).await;
     let path = format!("{}?force=true", container_path(&id));
+    // Docker's --rm takes the anonymous volumes along.
+    let before = get(&d, &id).await.ok();
     match d.client.delete::<()>(&path).await {
-        Ok(()) => {}
+        Ok(()) => {
+            if let Some(c) = before {
+                super::volumes::remove_anonymous(&d, &c).await;
+            }
+        }
         Err(ClientError::Api(a)) if a.status == 404 => {}
         Err(e) => tracing::warn!("docker: removing {id} (--rm): {e}"),
     }
@@ -426,6 +446,9 @@ pub async fn remove(d: &Docker, id: &str, q: &Query) -> Reply {
         .delete::<()>(&path)
         .await
         .map_err(|e| DockerError::on_container(e, id))?;
+    if q.flag("v") {
+        super::volumes::remove_anonymous(d, &c).await;
+    }
     empty(StatusCode::NO_CONTENT)
 }
 
@@ -526,7 +549,9 @@ pub async fn list(d: &Docker, q: &Query) -> Reply {
 /// `GET /containers/{id}/json`.
 pub async fn inspect(d: &Docker, id: &str) -> Reply {
     let c = get(d, id).await?;
-    json(StatusCode::OK, &ContainerInspect::new(&c))
+    let mut out = ContainerInspect::new(&c);
+    super::volumes::fill_inspect(d, &c, &mut out).await;
+    json(StatusCode::OK, &out)
 }
 
 /// Wakes on the port layer's events about a container (`/events`, JSON

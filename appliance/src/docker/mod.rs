@@ -12,13 +12,15 @@
 //!
 //! Files: `types` (the wire types), `containers` (the container verbs),
 //! `attach` (the hijacked attach stream and the output streams it shares
-//! with `logs`), `exec`, `images`, and here the server, the routing and `system`.
+//! with `logs`), `exec`, `images`, `volumes` (volumes, `-v`/`--mount`), `archive` (`docker cp`), and here the server, the routing and `system`.
 
+mod archive;
 mod attach;
 mod containers;
 mod exec;
 mod images;
 mod types;
+mod volumes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -267,6 +269,15 @@ async fn route(d: &Arc<Docker>, path: &str, q: Query, req: Request) -> Reply {
         (&Method::POST, ["exec", id, "start"]) => exec::start(d.clone(), id, req).await,
         (&Method::GET, ["exec", id, "json"]) => exec::inspect(d, id).await,
         (&Method::POST, ["exec", id, "resize"]) => exec::resize(d, id, &q).await,
+        (&Method::GET | &Method::HEAD, ["containers", id, "archive"]) => {
+            archive::get(d, id, &q, &method).await
+        }
+        (&Method::PUT, ["containers", id, "archive"]) => archive::put(d, id, &q, req).await,
+        (&Method::POST, ["volumes", "create"]) => volumes::create(d, &body(req).await?).await,
+        (&Method::GET, ["volumes"]) => volumes::list(d, &q).await,
+        (&Method::POST, ["volumes", "prune"]) => volumes::prune(d, &q).await,
+        (&Method::GET, ["volumes", name]) => volumes::inspect(d, name).await,
+        (&Method::DELETE, ["volumes", name]) => volumes::remove(d, name, &q).await,
         (&Method::GET, ["images", "json"]) => images::list(d, &q).await,
         (&Method::POST, ["images", "create"]) => images::create(d, &q).await,
         (&Method::POST, ["images", "load"]) => images::load(d, req).await,

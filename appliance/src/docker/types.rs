@@ -44,6 +44,8 @@ pub struct HostConfig {
     pub auto_remove: bool,
     pub binds: Option<Vec<String>>,
     pub mounts: Option<Vec<serde_json::Value>>,
+    /// `--tmpfs PATH[:opts]`.
+    pub tmpfs: Option<BTreeMap<String, String>>,
     pub port_bindings: Option<BTreeMap<String, serde_json::Value>>,
     pub publish_all_ports: bool,
     pub network_mode: String,
@@ -60,12 +62,6 @@ impl CreateRequest {
     pub fn unsupported(&self) -> Option<&'static str> {
         let h = &self.host_config;
         let some = |v: Option<usize>| v.is_some_and(|n| n > 0);
-        if some(h.binds.as_ref().map(Vec::len))
-            || some(h.mounts.as_ref().map(Vec::len))
-            || some(self.volumes.as_ref().map(BTreeMap::len))
-        {
-            return Some("volumes (-v, --mount)");
-        }
         if some(h.port_bindings.as_ref().map(BTreeMap::len))
             || h.publish_all_ports
             || some(self.exposed_ports.as_ref().map(BTreeMap::len))
@@ -226,6 +222,8 @@ pub struct ContainerConfig {
     pub attach_stdin: bool,
     pub attach_stdout: bool,
     pub attach_stderr: bool,
+    /// The anonymous volume paths asked for (`-v /path`).
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Serialize, Debug)]
@@ -236,6 +234,8 @@ pub struct HostConfigOut {
     /// Bytes.
     pub memory: i64,
     pub nano_cpus: i64,
+    /// `-v NAME:/path[:ro]` as asked.
+    pub binds: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -292,12 +292,14 @@ impl ContainerInspect {
                 attach_stdin: primary.open_stdin,
                 attach_stdout: true,
                 attach_stderr: true,
+                volumes: None,
             },
             host_config: HostConfigOut {
                 auto_remove: c.labels.contains_key(AUTO_REMOVE),
                 network_mode: "none".into(),
                 memory: i64::from(c.memory_mib) << 20,
                 nano_cpus: i64::from(c.cpus) * 1_000_000_000,
+                binds: None,
             },
             mounts: vec![],
             network_settings: NetworkSettings::default(),
@@ -433,9 +435,6 @@ mod tests {
         );
         assert!(r.host_config.auto_remove && r.open_stdin);
         assert_eq!(r.unsupported(), None);
-        let r: CreateRequest =
-            serde_json::from_str(r#"{"HostConfig":{"Binds":["/a:/b"]}}"#).expect("parses");
-        assert_eq!(r.unsupported(), Some("volumes (-v, --mount)"));
         let r: CreateRequest = serde_json::from_str(
             r#"{"HostConfig":{"PortBindings":{"80/tcp":[{"HostPort":"8080"}]}}}"#,
         )

@@ -47,6 +47,9 @@ const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long past a stop's grace period the tether may take to report the
 /// stop before the VM is killed from here.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
+/// How long a copy into or out of a stopped container waits for another
+/// copy's VM to be done with its disks.
+const COPY_WAIT: Duration = Duration::from_secs(60);
 
 /// A stop's grace period: the one given, else the tether's default.
 fn stop_grace(timeout: Duration) -> Duration {
@@ -314,14 +317,26 @@ impl LocalBackend {
         if let Ok(run) = self.get_ready(&c.id).await {
             return Ok(CopyTether::Running(run));
         }
-        {
-            let mut m = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());
-            if !m.insert(c.id.clone()) {
+        // Another copy's VM may still be powering off (copies in a row,
+        // as `docker cp` makes them: a stat, then the copy): wait for it,
+        // a while.
+        let deadline = tokio::time::Instant::now() + COPY_WAIT;
+        loop {
+            let inserted = self
+                .maintenance
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(c.id.clone());
+            if inserted {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
                 return Err(BackendError::failed(
                     &c.id,
                     "Another copy is using the container's disks; try again when it ends",
                 ));
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let booted = self.boot_maintenance(c).await;
         if booted.is_err() {
