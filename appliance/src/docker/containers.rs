@@ -62,7 +62,7 @@ pub async fn get(d: &Docker, id: &str) -> Result<Container, DockerError> {
 }
 
 /// Commits a handle; an ERROR element fails the call with its detail.
-async fn commit(d: &Docker, handle: String) -> Result<CommitResult, DockerError> {
+pub async fn commit(d: &Docker, handle: String) -> Result<CommitResult, DockerError> {
     let r: CommitResult = d
         .client
         .post("/exec/commit", &json!({ "handle": handle }))
@@ -121,7 +121,9 @@ pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
         }
         _ => 0,
     };
+    let network = super::networks::plan(d, &r).await?;
     let mut labels = r.labels.clone().unwrap_or_default();
+    labels.extend([super::networks::mode_label(&network)]);
     if r.host_config.auto_remove {
         labels.insert(AUTO_REMOVE.into(), "true".into());
     }
@@ -162,10 +164,14 @@ pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
         Err(ClientError::Api(a)) if a.status == 409 => return Err(name_conflict(d, name).await),
         Err(e) => return Err(e.into()),
     };
-    match commit(d, created.handle).await {
+    let handle = super::networks::apply(d, created.handle, network).await?;
+    match commit(d, handle).await {
         Ok(_) => {}
         Err(DockerError::PortLayer(ClientError::Api(a))) if a.status == 409 => {
-            return Err(name_conflict(d, name).await);
+            return Err(match super::networks::port_taken(&a) {
+                Some(e) => e,
+                None => name_conflict(d, name).await,
+            });
         }
         Err(e) => return Err(e),
     }
@@ -398,7 +404,7 @@ pub async fn remove(d: &Docker, id: &str, q: &Query) -> Reply {
 
 /// Docker's `filters` (`{"label":{"a=b":true}}`, or the older
 /// `{"label":["a=b"]}`): each key's values.
-fn docker_filters(json: &str) -> Result<Vec<(String, Vec<String>)>, DockerError> {
+pub fn docker_filters(json: &str) -> Result<Vec<(String, Vec<String>)>, DockerError> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Values {
@@ -493,7 +499,13 @@ pub async fn list(d: &Docker, q: &Query) -> Reply {
 /// `GET /containers/{id}/json`.
 pub async fn inspect(d: &Docker, id: &str) -> Reply {
     let c = get(d, id).await?;
-    json(StatusCode::OK, &ContainerInspect::new(&c))
+    let mut i =
+        serde_json::to_value(ContainerInspect::new(&c)).map_err(|e| DockerError::Status {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("Inspecting {id}: {e}"),
+        })?;
+    super::networks::fill_inspect(d, &c, &mut i).await?;
+    json(StatusCode::OK, &i)
 }
 
 /// Wakes on the port layer's events about a container (`/events`, JSON

@@ -12,12 +12,14 @@
 //!
 //! Files: `types` (the wire types), `containers` (the container verbs),
 //! `attach` (the hijacked attach stream and the output streams it shares
-//! with `logs`), `exec`, `images`, and here the server, the routing and `system`.
+//! with `logs`), `exec`, `images`, `networks` (networks, and the network
+//! and port options of create and inspect), and here the server, the routing and `system`.
 
 mod attach;
 mod containers;
 mod exec;
 mod images;
+mod networks;
 mod types;
 
 use std::collections::HashMap;
@@ -45,6 +47,9 @@ pub const MIN_API_VERSION: &str = "1.24";
 pub struct Docker {
     client: Client,
     attachments: attach::Attachments,
+    /// The network of a container created without `--network`: `bridge`
+    /// (the port layer's default scope, as Docker's) or `none`.
+    default_network: String,
 }
 
 /// Serves the personality on a unix socket at `socket` (mode 0600), as a
@@ -53,11 +58,13 @@ pub struct Docker {
 pub async fn serve_until(
     socket: &Path,
     portlayer: PathBuf,
+    default_network: String,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let docker = Arc::new(Docker {
         client: Client::new(portlayer),
         attachments: attach::Attachments::default(),
+        default_network,
     });
     // `--rm` containers started before this process came up.
     tokio::spawn(containers::resume_auto_removes(docker.clone()));
@@ -266,6 +273,17 @@ async fn route(d: &Arc<Docker>, path: &str, q: Query, req: Request) -> Reply {
         (&Method::POST, ["exec", id, "start"]) => exec::start(d.clone(), id, req).await,
         (&Method::GET, ["exec", id, "json"]) => exec::inspect(d, id).await,
         (&Method::POST, ["exec", id, "resize"]) => exec::resize(d, id, &q).await,
+        (&Method::GET, ["networks"]) => networks::list(d, &q).await,
+        (&Method::POST, ["networks", "create"]) => networks::create(d, &body(req).await?).await,
+        (&Method::POST, ["networks", "prune"]) => networks::prune(d, &q).await,
+        (&Method::GET, ["networks", id]) => networks::inspect(d, id).await,
+        (&Method::DELETE, ["networks", id]) => networks::remove(d, id).await,
+        (&Method::POST, ["networks", id, "connect"]) => {
+            networks::connect(d, id, &body(req).await?).await
+        }
+        (&Method::POST, ["networks", id, "disconnect"]) => {
+            networks::disconnect(d, id, &body(req).await?).await
+        }
         (&Method::GET, ["images", "json"]) => images::list(d, &q).await,
         (&Method::GET, ["images", name @ .., "json"]) if !name.is_empty() => {
             images::inspect(d, &name.join("/")).await

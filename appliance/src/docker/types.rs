@@ -36,6 +36,14 @@ pub struct CreateRequest {
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
     pub volumes: Option<BTreeMap<String, serde_json::Value>>,
     pub host_config: HostConfig,
+    pub networking_config: Option<NetworkingConfig>,
+}
+
+/// `NetworkingConfig`: the endpoint settings of each network joined.
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkingConfig {
+    pub endpoints_config: Option<BTreeMap<String, super::networks::EndpointSettings>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -65,15 +73,6 @@ impl CreateRequest {
             || some(self.volumes.as_ref().map(BTreeMap::len))
         {
             return Some("volumes (-v, --mount)");
-        }
-        if some(h.port_bindings.as_ref().map(BTreeMap::len))
-            || h.publish_all_ports
-            || some(self.exposed_ports.as_ref().map(BTreeMap::len))
-        {
-            return Some("ports (-p, -P, --expose)");
-        }
-        if !matches!(h.network_mode.as_str(), "" | "default" | "bridge" | "none") {
-            return Some("networks other than the default (--network)");
         }
         None
     }
@@ -157,7 +156,7 @@ impl ContainerSummary {
             created: c.created_at / 1000,
             state: state_word(c).into(),
             status: crate::cli::containers::status(c, now_ms),
-            ports: vec![],
+            ports: super::networks::summary_ports(c),
             labels: user_labels(c),
             mounts: vec![],
         }
@@ -165,7 +164,7 @@ impl ContainerSummary {
 }
 
 /// Unix ms as docker's time stamps; docker's zero time for 0.
-fn time(ms: i64) -> String {
+pub fn time(ms: i64) -> String {
     if ms <= 0 {
         "0001-01-01T00:00:00Z".into()
     } else {
@@ -436,11 +435,6 @@ mod tests {
         let r: CreateRequest =
             serde_json::from_str(r#"{"HostConfig":{"Binds":["/a:/b"]}}"#).expect("parses");
         assert_eq!(r.unsupported(), Some("volumes (-v, --mount)"));
-        let r: CreateRequest = serde_json::from_str(
-            r#"{"HostConfig":{"PortBindings":{"80/tcp":[{"HostPort":"8080"}]}}}"#,
-        )
-        .expect("parses");
-        assert_eq!(r.unsupported(), Some("ports (-p, -P, --expose)"));
     }
 
     #[test]
