@@ -708,9 +708,25 @@ pub async fn plan(d: &Docker, r: &CreateRequest) -> Result<Plan, DockerError> {
         name => Some(find(d, name).await?.name),
     };
     let Some(primary) = primary else {
-        if mode == "none" && (!published.is_empty() || !endpoints.is_empty()) {
+        // The CLI sends empty settings for the mode itself.
+        let asks = !published.is_empty()
+            || endpoints.iter().any(|(name, e)| {
+                (name != mode && name != "default")
+                    || e.aliases.as_ref().is_some_and(|a| !a.is_empty())
+                    || e.ipam_config
+                        .as_ref()
+                        .is_some_and(|i| !i.ipv4_address.is_empty())
+            });
+        if mode == "none" && asks {
             return Err(DockerError::bad_request(
                 "conflicting options: port publishing and the container type network mode",
+            ));
+        }
+        if asks {
+            return Err(DockerError::bad_request(
+                "Publishing ports or network aliases without --network is not supported by \
+                 this server: its containers have no network by default \
+                 (serve --docker-default-network none); add --network bridge",
             ));
         }
         return Ok(Plan {
@@ -997,6 +1013,53 @@ mod tests {
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{body}");
             assert!(e.message().contains(says), "{body}: {}", e.message());
         }
+    }
+
+    #[test]
+    fn network_creates_become_scopes_and_other_drivers_are_refused() {
+        let r: CreateNetwork = serde_json::from_str(
+            r#"{"Name":"n","Driver":"bridge","Internal":true,"Labels":{"a":"b"},
+                "IPAM":{"Config":[{"Subnet":"10.9.0.0/24","Gateway":"10.9.0.1"}]},
+                "Options":{"com.docker.network.driver.mtu":"1400"}}"#,
+        )
+        .expect("parses");
+        let s = scope_spec(&r).expect("spec");
+        assert_eq!(s.kind, ScopeKind::Closed);
+        assert_eq!(s.outgoing, Some(false));
+        assert_eq!(
+            (s.subnet.as_str(), s.gateway.as_str()),
+            ("10.9.0.0/24", "10.9.0.1")
+        );
+        assert_eq!(s.mtu, 1400);
+        assert_eq!(s.labels["a"], "b");
+        for body in [
+            r#"{"Name":"n","Driver":"overlay"}"#,
+            r#"{"Name":"n","Options":{"com.docker.network.bridge.enable_icc":"false"}}"#,
+            r#"{"Name":"n","EnableIPv6":true}"#,
+            r#"{"Name":""}"#,
+        ] {
+            let r: CreateNetwork = serde_json::from_str(body).expect("parses");
+            let e = scope_spec(&r).expect_err(body);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_taken_host_port_reads_like_dockers() {
+        let a = crate::client::ApiError::from_body(
+            409,
+            br#"{"code":"IN_USE","message":"Host port 0.0.0.0:8080/tcp is in use by container web","element":"x"}"#,
+        );
+        let e = port_taken(&a).expect("a port conflict");
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(
+            e.message()
+                .starts_with("Bind for 0.0.0.0:8080/tcp failed: port is already allocated"),
+            "{}",
+            e.message()
+        );
+        let name = crate::client::ApiError::from_body(409, br#"{"message":"Name x is in use"}"#);
+        assert!(port_taken(&name).is_none());
     }
 
     #[test]
