@@ -168,7 +168,7 @@ pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
     match commit(d, handle).await {
         Ok(_) => {}
         Err(DockerError::PortLayer(ClientError::Api(a))) if a.status == 409 => {
-            return Err(match super::networks::port_taken(&a) {
+            return Err(match super::ports::port_taken(&a) {
                 Some(e) => e,
                 None => name_conflict(d, name).await,
             });

@@ -13,13 +13,14 @@
 //! Files: `types` (the wire types), `containers` (the container verbs),
 //! `attach` (the hijacked attach stream and the output streams it shares
 //! with `logs`), `exec`, `images`, `networks` (networks, and the network
-//! and port options of create and inspect), and here the server, the routing and `system`.
+//! options of create and inspect), `ports` (published and exposed ports), and here the server, the routing and `system`.
 
 mod attach;
 mod containers;
 mod exec;
 mod images;
 mod networks;
+mod ports;
 mod types;
 
 use std::collections::HashMap;

@@ -156,7 +156,7 @@ impl ContainerSummary {
             created: c.created_at / 1000,
             state: state_word(c).into(),
             status: crate::cli::containers::status(c, now_ms),
-            ports: super::networks::summary_ports(c),
+            ports: super::ports::summary_ports(c),
             labels: user_labels(c),
             mounts: vec![],
         }
