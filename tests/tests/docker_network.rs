@@ -261,15 +261,38 @@ fn networks_resolve_members_by_name_refuse_removal_in_use_and_connect_stopped_co
     let e = fails(&d, &["network", "disconnect", "appnet", "lone"]);
     assert!(e.contains("is not connected to network appnet"), "{e}");
 
+    // A static address, and an internal network.
+    d.ok(&[
+        "create",
+        "--name",
+        "fixed",
+        "--network",
+        "appnet",
+        "--ip",
+        "10.77.5.50",
+        "busybox",
+        "true",
+    ]);
+    let i = json(&d.ok(&["inspect", "fixed"]));
+    let net = &i[0]["NetworkSettings"]["Networks"]["appnet"];
+    assert_eq!(net["IPAddress"], "10.77.5.50", "{net}");
+    assert_eq!(net["IPAMConfig"]["IPv4Address"], "10.77.5.50", "{net}");
+    d.ok(&["network", "create", "--internal", "sealed"]);
+    let n = json(&d.ok(&["network", "inspect", "sealed"]));
+    assert_eq!(n[0]["Internal"], true, "{n}");
+
     // Prune removes the unused user networks only.
     d.ok(&["network", "create", "spare"]);
     let pruned = d.ok(&["network", "prune", "-f"]);
-    assert!(pruned.contains("spare"), "{pruned}");
+    assert!(
+        pruned.contains("spare") && pruned.contains("sealed"),
+        "{pruned}"
+    );
     let ls = d.ok(&["network", "ls", "--format", "{{.Name}}"]);
     let names: Vec<&str> = ls.lines().collect();
     assert_eq!(names, ["appnet", "bridge"], "{ls}");
 
-    d.ok(&["rm", "-f", "srv", "lone"]);
+    d.ok(&["rm", "-f", "srv", "lone", "fixed"]);
     d.ok(&["network", "rm", "appnet"]);
     let e = fails(&d, &["network", "inspect", "appnet"]);
     assert!(e.contains("network appnet not found"), "{e}");
