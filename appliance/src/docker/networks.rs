@@ -404,7 +404,6 @@ struct EndpointIpam {
 struct ConnectRequest {
     container: String,
     endpoint_config: Option<EndpointSettings>,
-    force: bool,
 }
 
 #[derive(Deserialize)]
@@ -472,7 +471,6 @@ pub async fn disconnect(d: &Docker, id: &str, body: &Bytes) -> Reply {
     if matches!(c.state, PowerState::Running | PowerState::Paused) {
         return Err(running_refusal(&c, "disconnect", &s));
     }
-    let _ = r.force;
     let h: HandleBody = d
         .client
         .get(&format!("/exec/containers/{}/handle", encode(&c.id)))
@@ -586,11 +584,7 @@ pub async fn plan(d: &Docker, r: &CreateRequest) -> Result<Plan, DockerError> {
             ));
         }
         return Ok(Plan {
-            mode: if mode.is_empty() {
-                "none".into()
-            } else {
-                mode.into()
-            },
+            mode: "none".into(),
             joins: vec![],
         });
     };
@@ -598,7 +592,7 @@ pub async fn plan(d: &Docker, r: &CreateRequest) -> Result<Plan, DockerError> {
     let settings_of = |name: &str| -> EndpointSettings {
         endpoints
             .iter()
-            .find(|(k, _)| k.as_str() == name || (mode == k.as_str()))
+            .find(|(k, _)| k.as_str() == name || k.as_str() == mode)
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
