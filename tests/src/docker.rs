@@ -30,6 +30,11 @@ impl Docker {
         let config = dir.path().join("docker-config");
         std::fs::create_dir_all(&config).expect("config dir");
         let mut args = vec!["--docker-socket", socket.to_str().expect("utf-8 path")];
+        if netns.is_none() {
+            // Outside a namespace of its own, a server must not make
+            // bridges and taps on the machine's network.
+            args.extend_from_slice(&["--docker-default-network", "none"]);
+        }
         args.extend_from_slice(extra);
         let server = Server::start_in_with(dir.path(), netns, &args);
         Docker {

@@ -68,6 +68,16 @@ pub struct ServeArgs {
     /// the docker CLI and SDKs (`DOCKER_HOST=unix://PATH`). Off by default.
     #[arg(long, env = "APPLIANCE_DOCKER_SOCKET")]
     docker_socket: Option<PathBuf>,
+    /// The network of a container the Docker API creates without
+    /// `--network`: bridge (the default scope, as Docker's; a tap per
+    /// container VM) or none.
+    #[arg(
+        long,
+        env = "APPLIANCE_DOCKER_DEFAULT_NETWORK",
+        default_value = "bridge",
+        value_parser = ["bridge", "none"]
+    )]
+    docker_default_network: String,
 }
 
 fn parse_linger(s: &str) -> Result<std::time::Duration, String> {
@@ -182,7 +192,13 @@ pub async fn serve(state: &Path, args: ServeArgs) -> anyhow::Result<u8> {
         match &args.docker_socket {
             Some(path) => {
                 eprintln!("appliance: serving the Docker API on {}", path.display());
-                crate::docker::serve_until(path, socket.clone(), stop()).await
+                crate::docker::serve_until(
+                    path,
+                    socket.clone(),
+                    args.docker_default_network.clone(),
+                    stop(),
+                )
+                .await
             }
             None => Ok(()),
         }

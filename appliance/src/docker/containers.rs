@@ -62,7 +62,7 @@ pub async fn get(d: &Docker, id: &str) -> Result<Container, DockerError> {
 }
 
 /// Commits a handle; an ERROR element fails the call with its detail.
-async fn commit(d: &Docker, handle: String) -> Result<CommitResult, DockerError> {
+pub async fn commit(d: &Docker, handle: String) -> Result<CommitResult, DockerError> {
     let r: CommitResult = d
         .client
         .post("/exec/commit", &json!({ "handle": handle }))
@@ -109,11 +109,6 @@ async fn change_state_with(
 pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
     let r: CreateRequest = serde_json::from_slice(body)
         .map_err(|e| DockerError::bad_request(format!("Invalid container config: {e}")))?;
-    if let Some(what) = r.unsupported() {
-        return Err(DockerError::bad_request(format!(
-            "{what}: not supported by this appliance's Docker API yet"
-        )));
-    }
     if r.image.is_empty() {
         return Err(DockerError::bad_request(
             "No image given: a container is made from an image",
@@ -126,7 +121,9 @@ pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
         }
         _ => 0,
     };
+    let network = super::networks::plan(d, &r).await?;
     let mut labels = r.labels.clone().unwrap_or_default();
+    labels.extend([super::networks::mode_label(&network)]);
     if r.host_config.auto_remove {
         labels.insert(AUTO_REMOVE.into(), "true".into());
     }
@@ -160,7 +157,7 @@ pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
         entrypoint: r.entrypoint.clone(),
         mounts,
     };
-    let created = create_and_commit(d, &spec, &r.image, name).await;
+    let created = create_and_commit(d, &spec, network, &r.image, name).await;
     if created.is_err() {
         super::volumes::remove_volumes(d, &anonymous).await;
     }
@@ -172,6 +169,7 @@ pub async fn create(d: &Docker, q: &Query, body: &Bytes) -> Reply {
 async fn create_and_commit(
     d: &Docker,
     spec: &CreateSpec,
+    network: super::networks::Plan,
     image: &str,
     name: &str,
 ) -> Result<CreateResponse, DockerError> {
@@ -184,10 +182,14 @@ async fn create_and_commit(
         Err(ClientError::Api(a)) if a.status == 409 => return Err(name_conflict(d, name).await),
         Err(e) => return Err(e.into()),
     };
-    match commit(d, created.handle).await {
+    let handle = super::networks::apply(d, created.handle, network).await?;
+    match commit(d, handle).await {
         Ok(_) => {}
         Err(DockerError::PortLayer(ClientError::Api(a))) if a.status == 409 => {
-            return Err(name_conflict(d, name).await);
+            return Err(match super::ports::port_taken(&a) {
+                Some(e) => e,
+                None => name_conflict(d, name).await,
+            });
         }
         Err(e) => return Err(e),
     }
@@ -551,7 +553,12 @@ pub async fn inspect(d: &Docker, id: &str) -> Reply {
     let c = get(d, id).await?;
     let mut out = ContainerInspect::new(&c);
     super::volumes::fill_inspect(d, &c, &mut out).await;
-    json(StatusCode::OK, &out)
+    let mut i = serde_json::to_value(out).map_err(|e| DockerError::Status {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("Inspecting {id}: {e}"),
+    })?;
+    super::networks::fill_inspect(d, &c, &mut i).await?;
+    json(StatusCode::OK, &i)
 }
 
 /// Wakes on the port layer's events about a container (`/events`, JSON

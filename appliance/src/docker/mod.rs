@@ -12,13 +12,18 @@
 //!
 //! Files: `types` (the wire types), `containers` (the container verbs),
 //! `attach` (the hijacked attach stream and the output streams it shares
-//! with `logs`), `exec`, `images`, `volumes` (volumes, `-v`/`--mount`), `archive` (`docker cp`), and here the server, the routing and `system`.
+//! with `logs`), `exec`, `images`, `volumes` (volumes, `-v`/`--mount`),
+//! `archive` (`docker cp`), `networks` (networks, and the network options
+//! of create and inspect), `ports` (published and exposed ports), and here
+//! the server, the routing and `system`.
 
 mod archive;
 mod attach;
 mod containers;
 mod exec;
 mod images;
+mod networks;
+mod ports;
 mod types;
 mod volumes;
 
@@ -47,6 +52,9 @@ pub const MIN_API_VERSION: &str = "1.24";
 pub struct Docker {
     client: Client,
     attachments: attach::Attachments,
+    /// The network of a container created without `--network`: `bridge`
+    /// (the port layer's default scope, as Docker's) or `none`.
+    default_network: String,
 }
 
 /// Serves the personality on a unix socket at `socket` (mode 0600), as a
@@ -55,11 +63,13 @@ pub struct Docker {
 pub async fn serve_until(
     socket: &Path,
     portlayer: PathBuf,
+    default_network: String,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let docker = Arc::new(Docker {
         client: Client::new(portlayer),
         attachments: attach::Attachments::default(),
+        default_network,
     });
     // `--rm` containers started before this process came up.
     tokio::spawn(containers::resume_auto_removes(docker.clone()));
@@ -278,6 +288,17 @@ async fn route(d: &Arc<Docker>, path: &str, q: Query, req: Request) -> Reply {
         (&Method::POST, ["volumes", "prune"]) => volumes::prune(d, &q).await,
         (&Method::GET, ["volumes", name]) => volumes::inspect(d, name).await,
         (&Method::DELETE, ["volumes", name]) => volumes::remove(d, name, &q).await,
+        (&Method::GET, ["networks"]) => networks::list(d, &q).await,
+        (&Method::POST, ["networks", "create"]) => networks::create(d, &body(req).await?).await,
+        (&Method::POST, ["networks", "prune"]) => networks::prune(d, &q).await,
+        (&Method::GET, ["networks", id]) => networks::inspect(d, id).await,
+        (&Method::DELETE, ["networks", id]) => networks::remove(d, id).await,
+        (&Method::POST, ["networks", id, "connect"]) => {
+            networks::connect(d, id, &body(req).await?).await
+        }
+        (&Method::POST, ["networks", id, "disconnect"]) => {
+            networks::disconnect(d, id, &body(req).await?).await
+        }
         (&Method::GET, ["images", "json"]) => images::list(d, &q).await,
         (&Method::POST, ["images", "create"]) => images::create(d, &q).await,
         (&Method::POST, ["images", "load"]) => images::load(d, req).await,

@@ -1,8 +1,7 @@
 //! The Docker Engine API's wire types, as the docker CLI and SDKs send
 //! and read them (PascalCase JSON), and their mapping from the port
 //! layer's REST types. Only the fields this personality serves are here;
-//! an unknown field in a request is ignored, as dockerd does, unless it
-//! asks for something not supported yet (see `CreateRequest::unsupported`).
+//! an unknown field in a request is ignored, as dockerd does.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +35,14 @@ pub struct CreateRequest {
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
     pub volumes: Option<BTreeMap<String, serde_json::Value>>,
     pub host_config: HostConfig,
+    pub networking_config: Option<NetworkingConfig>,
+}
+
+/// `NetworkingConfig`: the endpoint settings of each network joined.
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkingConfig {
+    pub endpoints_config: Option<BTreeMap<String, super::networks::EndpointSettings>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -54,25 +61,6 @@ pub struct HostConfig {
     pub nano_cpus: i64,
     /// The client's terminal, `[rows, cols]`, for a task with one.
     pub console_size: Option<[u32; 2]>,
-}
-
-impl CreateRequest {
-    /// What the request asks for that this personality cannot do yet:
-    /// refused rather than ignored.
-    pub fn unsupported(&self) -> Option<&'static str> {
-        let h = &self.host_config;
-        let some = |v: Option<usize>| v.is_some_and(|n| n > 0);
-        if some(h.port_bindings.as_ref().map(BTreeMap::len))
-            || h.publish_all_ports
-            || some(self.exposed_ports.as_ref().map(BTreeMap::len))
-        {
-            return Some("ports (-p, -P, --expose)");
-        }
-        if !matches!(h.network_mode.as_str(), "" | "default" | "bridge" | "none") {
-            return Some("networks other than the default (--network)");
-        }
-        None
-    }
 }
 
 #[derive(Serialize, Debug)]
@@ -153,7 +141,7 @@ impl ContainerSummary {
             created: c.created_at / 1000,
             state: state_word(c).into(),
             status: crate::cli::containers::status(c, now_ms),
-            ports: vec![],
+            ports: super::ports::summary_ports(c),
             labels: user_labels(c),
             mounts: vec![],
         }
@@ -161,7 +149,7 @@ impl ContainerSummary {
 }
 
 /// Unix ms as docker's time stamps; docker's zero time for 0.
-fn time(ms: i64) -> String {
+pub fn time(ms: i64) -> String {
     if ms <= 0 {
         "0001-01-01T00:00:00Z".into()
     } else {
@@ -423,7 +411,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cli_create_body_parses_and_unsupported_asks_are_named() {
+    fn the_cli_create_body_parses() {
         let body = r#"{"Hostname":"h","User":"1:1","Env":["A=1"],"Cmd":["echo","hi"],
             "Image":"busybox","WorkingDir":"/tmp","Entrypoint":null,"Labels":{"a":"b"},
             "Tty":false,"OpenStdin":true,"Volumes":{},
@@ -434,12 +422,6 @@ mod tests {
             Some(&["echo".to_string(), "hi".into()][..])
         );
         assert!(r.host_config.auto_remove && r.open_stdin);
-        assert_eq!(r.unsupported(), None);
-        let r: CreateRequest = serde_json::from_str(
-            r#"{"HostConfig":{"PortBindings":{"80/tcp":[{"HostPort":"8080"}]}}}"#,
-        )
-        .expect("parses");
-        assert_eq!(r.unsupported(), Some("ports (-p, -P, --expose)"));
     }
 
     #[test]
