@@ -148,9 +148,10 @@ fn networks_resolve_members_by_name_refuse_removal_in_use_and_connect_stopped_co
         "busybox",
         "sh",
         "-c",
-        // srv may still be booting: tried for up to a minute.
-        "for i in $(seq 60); do nc -w 10 srv 80 </dev/null && break; sleep 1; done; \
-             nc -w 10 db 80 </dev/null",
+        // srv may still be booting, and between two answers its loop
+        // starts the next listener: each is tried for up to a minute.
+        "for h in srv db; do for i in $(seq 60); do \
+             nc -w 10 $h 80 </dev/null && break; sleep 1; done; done",
     ]);
     assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
     assert_eq!(stdout(&o), "hi-from-srv\nhi-from-srv\n");
