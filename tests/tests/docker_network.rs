@@ -381,8 +381,8 @@ fn published_ports_are_reached_from_the_namespace_and_shown_by_port_ps_and_inspe
 
     // Reached from the server's namespace, on each published port.
     assert_eq!(answer_from(&ns, "127.0.0.1", "8080"), "hi-from-web");
-    assert_eq!(nc_from(&ns, "127.0.0.1", "8081"), "hi-from-web");
-    assert_eq!(nc_from(&ns, "127.0.0.1", &ephemeral), "hi-from-web");
+    assert_eq!(answer_from(&ns, "127.0.0.1", "8081"), "hi-from-web");
+    assert_eq!(answer_from(&ns, "127.0.0.1", &ephemeral), "hi-from-web");
 
     // -P publishes every exposed port on a host port of its own (a
     // created container holds its ports already).
