@@ -195,17 +195,6 @@ impl Query {
         self.get(key)
             .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
     }
-
-    /// Refuses a `filters` this personality would otherwise ignore.
-    #[allow(dead_code)] // For listings that do not filter yet.
-    fn no_filters(&self) -> Result<(), DockerError> {
-        match self.get("filters") {
-            None | Some("{}") => Ok(()),
-            Some(f) => Err(DockerError::bad_request(format!(
-                "Filters are not supported by this appliance yet: {f}"
-            ))),
-        }
-    }
 }
 
 /// The path without its `/vX.YY` prefix, if it has one.
